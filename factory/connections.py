@@ -1,0 +1,45 @@
+"""Redis clients for each side: sync for workers, async for gateways. No module-level clients.
+
+Both retry a failed command a few times with exponential backoff, so a brief Redis restart is
+ridden out; a longer outage surfaces as ``redis.ConnectionError`` to the caller, which decides
+(the gateway answers 503, the publisher keeps retrying up to its own bound).
+"""
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionResetError)
+
+
+def redis_sync(url: str, *, socket_timeout_s: float | None = 10.0) -> redis.Redis:
+    """A blocking client (workers, CLI, RQ). ``socket_timeout_s=None`` for blocking pops."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=2.0,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3, supported_errors=RETRYABLE),
+    )
+
+
+def redis_async(url: str, *, max_connections: int = 200) -> aioredis.Redis:
+    """An asyncio client (gateway) whose commands fail fast while Redis is down."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_connect_timeout=1.0,
+        socket_timeout=5.0,
+        health_check_interval=10,
+        retry=AsyncRetry(
+            ExponentialBackoff(cap=0.5, base=0.05),
+            retries=2,
+            supported_errors=(RedisConnectionError, RedisTimeoutError),
+        ),
+    )
+    return aioredis.Redis(connection_pool=pool)

@@ -1,0 +1,52 @@
+"""Every Redis key, channel and queue name the factory uses, and nothing else.
+
+All keys of one job share the hash tag ``{<job id>}`` so a Redis Cluster would keep them on
+one slot (the atomic append script touches several of them at once).
+"""
+
+NAMESPACE = "factory"
+
+
+def job_key(job_id: str) -> str:
+    """Hash holding the job record (status, timestamps, output, error)."""
+    return f"{NAMESPACE}:job:{{{job_id}}}"
+
+
+def events_key(job_id: str) -> str:
+    """List holding every event of the job, in order; event ``seq`` is its index + 1."""
+    return f"{NAMESPACE}:events:{{{job_id}}}"
+
+
+def events_channel(job_id: str) -> str:
+    """Pub/sub channel on which each appended batch of events is published."""
+    return f"{NAMESPACE}:channel:{{{job_id}}}"
+
+
+def files_key(job_id: str) -> str:
+    """Hash of the job's stored output files: name → stored file description."""
+    return f"{NAMESPACE}:files:{{{job_id}}}"
+
+
+def channel_prefix() -> str:
+    """Prefix of every job channel, for parsing a channel name back to its job id."""
+    return f"{NAMESPACE}:channel:{{"
+
+
+def job_id_from_channel(channel: str) -> str:
+    """The job id inside a channel name made by :func:`events_channel`."""
+    return channel[len(channel_prefix()) : -1]
+
+
+def running_jobs_key() -> str:
+    """Sorted set of running job ids scored by the time their heartbeat lapses."""
+    return f"{NAMESPACE}:running"
+
+
+def recent_jobs_key() -> str:
+    """Sorted set of recent job ids scored by creation time (for listing)."""
+    return f"{NAMESPACE}:recent"
+
+
+def upload_key(file_id: str) -> str:
+    """Hash describing an uploaded input file, until its retention ends."""
+    return f"{NAMESPACE}:upload:{file_id}"

@@ -1,0 +1,94 @@
+"""Settings: the one frozen configuration object, built once at each entry point.
+
+This is the only module that reads ``os.environ``. Every setting is an environment variable
+with the ``FACTORY_`` prefix, except ``REDIS_URL`` which keeps its conventional name.
+``FACTORY_PREFABS`` is an ``os.pathsep``-separated list of directories, like ``PATH``.
+"""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the gateway, the workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="FACTORY_", frozen=True, extra="ignore")
+
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "FACTORY_REDIS_URL"))
+    prefabs: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("prefabs")])
+    state_dir: Path = Path(".factory")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    queue_name: str = "factory"
+
+    default_timeout_s: float = 600.0
+    retention_s: int = 24 * 3600
+    keepalive_s: float = 15.0
+    max_body_bytes: int = 1024 * 1024
+    max_queue_length: int = 10_000
+    max_events_per_job: int = 100_000
+    max_event_bytes: int = 256 * 1024
+    max_readers_per_job: int = 1_000
+    max_streams_per_gateway: int = 20_000
+    idle_reader_timeout_s: float = 3600.0
+    sync_wait_s: float = 600.0
+    redis_outage_s: float = 30.0
+    worker_heartbeat_s: float = 5.0
+    worker_lost_after_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    token_ttl_s: int = 24 * 3600
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("prefabs", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p) for p in value.split(os.pathsep) if p]
+        return value
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        """Read the environment, with explicit overrides (e.g. CLI flags) taking precedence."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+
+    def require_redis_url(self) -> str:
+        """The Redis URL, which every process but ``factory up`` must be given."""
+        if not self.redis_url:
+            raise RuntimeError("REDIS_URL is not set (run `factory up` for an embedded Redis)")
+        return self.redis_url
+
+
+def read_secret_values(names: set[str]) -> dict[str, str]:
+    """Take the declared secrets out of the process environment.
+
+    The worker calls this once at start; it removes them from ``os.environ`` so a work horse
+    only sees the secrets its own function declares (injected again per job).
+    """
+    found: dict[str, str] = {}
+    for name in names:
+        value = os.environ.pop(name, None)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def inject_secrets(values: dict[str, str]) -> None:
+    """Expose one job's declared secrets to its function as environment variables."""
+    os.environ.update(values)

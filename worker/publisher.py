@@ -1,0 +1,138 @@
+"""EventPublisher: moves a job's events from the running function to Redis.
+
+The function runs on the work horse's main thread and hands each encoded event to
+:meth:`EventPublisher.publish`; a background thread sends whatever has accumulated while its
+previous write was in flight as one atomic append (``factory.eventlog``). A slow generator
+thus pays one round trip per event with no added latency, and a fast one gets batches of up to
+:data:`MAX_BATCH` events per round trip. The queue is bounded, so a stalled Redis slows the
+generator down instead of filling memory.
+
+A write that fails for lack of Redis is retried with backoff, for up to ``redis_outage_s``;
+retries are safe because each batch carries an id the append script deduplicates.
+"""
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from factory.connections import RETRYABLE
+from factory.eventlog import APPEND_LUA, AppendResult, Outcome, append_args, append_keys, parse_append
+from factory.events import EVENT_LIMIT, ErrorInfo, error_event
+from factory.jobs import JobStatus, now_ms, terminal_fields
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+QUEUE_SIZE = 10_000
+
+
+class PublisherUnavailable(RuntimeError):
+    """Redis stayed unreachable for longer than the configured outage bound."""
+
+
+@dataclass(frozen=True)
+class _Terminal:
+    event: bytes
+    fields: dict[str, bytes]
+
+
+class EventPublisher:
+    """Appends and publishes one job's events, batching behind in-flight writes."""
+
+    def __init__(
+        self, client: redis.Redis, job_id: str, *, max_events: int, retention_s: int, redis_outage_s: float
+    ) -> None:
+        self._script = client.register_script(APPEND_LUA)
+        self._keys = append_keys(job_id)
+        self._job_id = job_id
+        self._max_events = max_events
+        self._retention_s = retention_s
+        self._redis_outage_s = redis_outage_s
+        self._queue: queue.Queue[bytes | _Terminal] = queue.Queue(QUEUE_SIZE)
+        self._batch_prefix = uuid.uuid4().hex[:12]
+        self._batches = 0
+        self.ended = threading.Event()
+        self.final: AppendResult | None = None
+        self.failure: BaseException | None = None
+        self.last_seq = 0
+        self._thread = threading.Thread(target=self._run, name=f"publisher-{job_id}", daemon=True)
+        self._thread.start()
+
+    def publish(self, event: bytes) -> None:
+        """Queue one non-terminal event (blocks while the queue is full)."""
+        self._queue.put(event)
+
+    def finish(self, event: bytes, fields: dict[str, bytes], wait_s: float | None = None) -> AppendResult | None:
+        """Queue the terminal event, wait until everything is written, and return its outcome."""
+        self._queue.put(_Terminal(event, fields))
+        self._thread.join(wait_s)
+        return self.final
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = [self._queue.get()]
+                while len(batch) < MAX_BATCH and not isinstance(batch[-1], _Terminal):
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._send(batch):
+                    return
+        except BaseException as exc:  # the thread must record why it stopped, whatever it was
+            self.failure = exc
+            self.ended.set()
+            logger.exception("event publisher stopped", extra={"job_id": self._job_id})
+
+    def _send(self, batch: list[bytes | _Terminal]) -> bool:
+        """Write one batch; True once the job's log is closed (terminal written or found)."""
+        last = batch[-1]
+        terminal = last if isinstance(last, _Terminal) else None
+        events = [item.event if isinstance(item, _Terminal) else item for item in batch]
+        result = self._append(events, terminal.fields if terminal else None)
+        if result.outcome is Outcome.LIMIT_REACHED:
+            message = f"the job exceeded its limit of {self._max_events} events"
+            fields = terminal_fields(JobStatus.FAILED, now_ms(), None, ErrorInfo(code=EVENT_LIMIT, message=message))
+            result = self._append([error_event(EVENT_LIMIT, message)], fields)
+            terminal = _Terminal(b"", fields)
+        self.last_seq = result.last_seq
+        if terminal is None and result.outcome in (Outcome.APPENDED, Outcome.DUPLICATE):
+            return False
+        self.final = result
+        self.ended.set()
+        self._drain()
+        return True
+
+    def _append(self, events: list[bytes], fields: dict[str, bytes] | None) -> AppendResult:
+        self._batches += 1
+        args = append_args(
+            events,
+            batch_id=f"{self._batch_prefix}:{self._batches}",
+            max_events=self._max_events,
+            retention_s=self._retention_s,
+            terminal_fields=fields,
+        )
+        deadline = time.monotonic() + self._redis_outage_s
+        delay_s = 0.05
+        while True:
+            try:
+                return parse_append(self._script(keys=self._keys, args=args))
+            except RETRYABLE as exc:
+                if time.monotonic() + delay_s > deadline:
+                    raise PublisherUnavailable(f"Redis unreachable for {self._redis_outage_s:.0f} s") from exc
+                logger.warning("Redis unreachable, retrying the append in %.2f s", delay_s)
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 1.0)
+
+    def _drain(self) -> None:
+        """Discard anything queued after the log closed, so a blocked producer wakes up."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
