@@ -5,6 +5,7 @@ with the ``FACTORY_`` prefix, except ``REDIS_URL`` which keeps its conventional 
 ``FACTORY_PREFABS`` is an ``os.pathsep``-separated list of directories, like ``PATH``.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -92,3 +93,35 @@ def read_secret_values(names: set[str]) -> dict[str, str]:
 def inject_secrets(values: dict[str, str]) -> None:
     """Expose one job's declared secrets to its function as environment variables."""
     os.environ.update(values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that make a child process's ``Settings.from_env()`` equal ``settings``."""
+    env: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        key = "REDIS_URL" if name == "redis_url" else f"FACTORY_{name.upper()}"
+        if value is None:
+            continue
+        if name == "prefabs":
+            env[key] = os.pathsep.join(str(path) for path in value)
+        elif isinstance(value, list) and any(isinstance(m, NoDecode) or m is NoDecode for m in field.metadata):
+            env[key] = ",".join(str(item) for item in value)
+        elif isinstance(value, list | dict):
+            env[key] = json.dumps(value, default=str)
+        elif isinstance(value, bool):
+            env[key] = "true" if value else "false"
+        else:
+            env[key] = str(value)
+    return env
+
+
+def child_environ(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a child process: this one's (secrets included), with ``settings`` and ``extra`` over it."""
+    env = dict(os.environ)
+    if settings.redis_url is None:
+        env.pop("REDIS_URL", None)
+        env.pop("FACTORY_REDIS_URL", None)
+    env.update(settings_env(settings))
+    env.update(extra)
+    return env

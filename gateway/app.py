@@ -1,0 +1,76 @@
+"""create_app(): the gateway's FastAPI application, started with ``uvicorn --factory``.
+
+The lifespan opens Redis (async for reads and the relay, sync for RQ's enqueue), loads the
+catalog from the manifests alone (no prefab code is imported here) and starts the relay hub;
+everything is handed to routes through lifespan state.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from factory import logs
+from factory.catalog import Catalog
+from factory.connections import redis_async, redis_sync
+from factory.settings import Settings
+from gateway import errors, routes_invoke, routes_jobs, routes_meta
+from gateway.body_limit import BodyLimit
+from gateway.deps import GatewayState
+from gateway.jobs import JobService
+from gateway.metrics import GatewayMetrics
+from gateway.relay import RelayHub
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings default to the environment's."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, GatewayState]]:
+        url = settings.require_redis_url()
+        client = redis_async(url)
+        sync_client = redis_sync(url)
+        catalog = Catalog.discover(settings.prefabs)
+        hub = RelayHub(client)
+        await hub.start()
+        state = GatewayState(
+            settings=settings,
+            redis=client,
+            catalog=catalog,
+            jobs=JobService(settings, client, sync_client, catalog),
+            hub=hub,
+            metrics=GatewayMetrics(),
+        )
+        try:
+            yield {"gateway": state}
+        finally:
+            await hub.close()
+            await client.aclose()
+            sync_client.close()
+
+    app = FastAPI(
+        title="prefab-factory",
+        summary="Run prefab functions as jobs and stream their events over resumable SSE.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(routes_invoke.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_meta.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/files",))
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["X-Job-Id", "Location"],
+        )
+    return app
+
+
+def configure_logging(settings: Settings) -> None:
+    logs.configure("gateway", settings.log_level, settings.log_json)

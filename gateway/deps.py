@@ -1,0 +1,33 @@
+"""Annotated dependencies: what a route needs, read from the app's lifespan state."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+
+from factory.catalog import Catalog
+from factory.settings import Settings
+from gateway.jobs import JobService
+from gateway.metrics import GatewayMetrics
+from gateway.relay import RelayHub
+
+
+@dataclass
+class GatewayState:
+    """Everything the lifespan opens, handed to routes through ``request.state``."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    catalog: Catalog
+    jobs: JobService
+    hub: RelayHub
+    metrics: GatewayMetrics
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.state.gateway
+    return state
+
+
+StateDep = Annotated[GatewayState, Depends(_state)]

@@ -1,0 +1,259 @@
+"""The relay: one Redis pub/sub connection per gateway carries every job channel it serves,
+and each SSE reader replays the job's log and then follows the channel.
+
+Exactly-once, in order, with no gap: a reader subscribes and waits for Redis to confirm
+before it reads the log, so every event is in the log it reads or arrives on the channel
+after; the overlap is dropped by ``seq``. The log is the truth and the channel only a fast
+path: a reader that sees a gap, falls too far behind (its buffer overflowed because its
+client reads slowly) or hears nothing for a while reads the log again from its last ``seq``.
+So a slow reader never slows the hub, the other readers or the worker, and a pub/sub message
+lost to a Redis restart costs latency, not data.
+
+Frames are pre-encoded bytes (``id: <seq>\\ndata: <event>\\n\\n``), several per write when a
+batch arrives: every write holds whole events only, which is what the seed's JavaScript
+client needs, at a fraction of the cost of encoding each event separately.
+"""
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from factory import keys
+from factory.events import TERMINAL_TYPES, split_batch
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIBE_TIMEOUT_S = 5.0
+MAX_FRAMES_PER_WRITE = 500
+
+
+def sse_frame(seq: int, raw: bytes) -> bytes:
+    """One SSE event: its ``seq`` as the id and the event JSON as a single data line."""
+    return b"id: %d\ndata: %s\n\n" % (seq, raw)
+
+
+def _is_terminal(raw: bytes) -> bool:
+    return bool(orjson.loads(raw).get("type") in TERMINAL_TYPES)
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One reader's mailbox for its job's channel messages."""
+
+    channel: str
+    capacity: int
+    messages: deque[bytes] = field(default_factory=deque)
+    overflowed: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def deliver(self, message: bytes) -> None:
+        if len(self.messages) >= self.capacity:
+            self.messages.clear()
+            self.overflowed = True
+        else:
+            self.messages.append(message)
+        self.wakeup.set()
+
+    def resync(self) -> None:
+        self.overflowed = True
+        self.wakeup.set()
+
+
+class RelayHub:
+    """Owns the gateway's pub/sub connection and routes channel messages to subscribers."""
+
+    def __init__(self, client: aioredis.Redis, *, buffer_messages: int = 1000) -> None:
+        self._client = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self._subscribers: dict[str, set[Subscriber]] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._buffer = buffer_messages
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def stream_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    def readers_of(self, job_id: str) -> int:
+        return len(self._subscribers.get(keys.events_channel(job_id), ()))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="relay-hub")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def subscribe(self, job_id: str) -> Subscriber:
+        """Join the job's channel; returns once Redis confirmed the subscription."""
+        channel = keys.events_channel(job_id)
+        subscriber = Subscriber(channel, self._buffer)
+        readers = self._subscribers.setdefault(channel, set())
+        readers.add(subscriber)
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirmed[channel] = confirmed
+            try:
+                await self._pubsub.subscribe(channel)
+            except BaseException:
+                await self.unsubscribe(subscriber)
+                raise
+        try:
+            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
+        except BaseException:
+            await self.unsubscribe(subscriber)
+            raise
+        return subscriber
+
+    async def unsubscribe(self, subscriber: Subscriber) -> None:
+        readers = self._subscribers.get(subscriber.channel)
+        if readers is None:
+            return
+        readers.discard(subscriber)
+        if readers:
+            return
+        del self._subscribers[subscriber.channel]
+        confirmed = self._confirmed.pop(subscriber.channel, None)
+        if confirmed is not None and not confirmed.done():
+            confirmed.cancel()
+        try:
+            await self._pubsub.unsubscribe(subscriber.channel)
+        except (RedisError, OSError):
+            logger.warning("could not unsubscribe from %s; Redis will drop it on reconnect", subscriber.channel)
+
+    async def _listen(self) -> None:
+        delay_s = 0.1
+        while not self._closing:
+            try:
+                if not self._pubsub.subscribed:
+                    await asyncio.sleep(0.05)
+                    continue
+                message = await self._pubsub.get_message(timeout=1.0)
+                delay_s = 0.1
+                if message is not None:
+                    self._route(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                logger.warning("pub/sub connection lost (%s); readers fall back to the log", exc)
+                for readers in self._subscribers.values():
+                    for subscriber in readers:
+                        subscriber.resync()
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+
+    def _route(self, message: dict[str, object]) -> None:
+        kind = message["type"]
+        channel = message["channel"]
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if kind == "message":
+            data = message["data"]
+            assert isinstance(data, bytes)
+            for subscriber in self._subscribers.get(name, ()):
+                subscriber.deliver(data)
+        elif kind == "subscribe":
+            confirmed = self._confirmed.get(name)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+            # After a reconnect redis-py re-subscribes: whatever was published meanwhile is in the log.
+            for subscriber in self._subscribers.get(name, ()):
+                subscriber.resync()
+
+
+@dataclass
+class ReaderLimits:
+    poll_s: float
+    idle_timeout_s: float
+
+
+class EventStream:
+    """One reader's events of one job, from after ``last_seq`` to the terminal event."""
+
+    def __init__(self, client: aioredis.Redis, hub: RelayHub, job_id: str, last_seq: int, limits: ReaderLimits):
+        self.client = client
+        self.hub = hub
+        self.job_id = job_id
+        self.last_seq = last_seq
+        self.limits = limits
+        self.finished = False
+
+    async def frames(self, subscriber: Subscriber) -> AsyncGenerator[bytes, None]:
+        """Yield SSE frames, several per write, until the terminal event; then stop."""
+        try:
+            chunk = await self._from_log()
+            if chunk:
+                yield chunk
+            idle_s = 0.0
+            while not self.finished:
+                try:
+                    await asyncio.wait_for(subscriber.wakeup.wait(), self.limits.poll_s)
+                except TimeoutError:
+                    idle_s += self.limits.poll_s
+                    if idle_s >= self.limits.idle_timeout_s:
+                        logger.info("closing an idle reader", extra={"job_id": self.job_id})
+                        return
+                    subscriber.overflowed = True  # nothing heard for a while: check the log
+                subscriber.wakeup.clear()
+                if subscriber.overflowed:
+                    subscriber.overflowed = False
+                    subscriber.messages.clear()
+                    chunk = await self._from_log()
+                else:
+                    chunk = await self._from_messages(subscriber)
+                if chunk:
+                    idle_s = 0.0
+                    yield chunk
+        finally:
+            await self.hub.unsubscribe(subscriber)
+
+    async def _from_log(self) -> bytes:
+        """Everything in the log after ``last_seq``, as frames (bounded per write)."""
+        parts: list[bytes] = []
+        while not self.finished:
+            start = self.last_seq
+            entries: list[bytes] = await self.client.lrange(  # type: ignore[assignment]
+                keys.events_key(self.job_id), start, start + MAX_FRAMES_PER_WRITE - 1
+            )
+            if not entries:
+                break
+            parts.append(self._frames(start + 1, entries))
+            if len(entries) < MAX_FRAMES_PER_WRITE:
+                break
+        return b"".join(parts)
+
+    async def _from_messages(self, subscriber: Subscriber) -> bytes:
+        parts: list[bytes] = []
+        while subscriber.messages and not self.finished:
+            first_seq, events = split_batch(subscriber.messages.popleft())
+            skip = self.last_seq + 1 - first_seq
+            if skip < 0:  # a gap: the messages in between went missing, the log has them
+                subscriber.messages.clear()
+                parts.append(await self._from_log())
+                break
+            if skip < len(events):
+                parts.append(self._frames(first_seq + skip, events[skip:]))
+        return b"".join(parts)
+
+    def _frames(self, first_seq: int, events: list[bytes]) -> bytes:
+        out: list[bytes] = []
+        for offset, raw in enumerate(events):
+            out.append(sse_frame(first_seq + offset, raw))
+            if _is_terminal(raw):
+                self.finished = True
+                break
+        self.last_seq = first_seq + len(out) - 1
+        return b"".join(out)

@@ -1,0 +1,105 @@
+"""Invoking: ``POST /invoke`` (202 + job id) and the seed's ``POST /invoke/{...}`` forms."""
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from factory.catalog import Target
+from factory.jobs import InvocationRequest, JobStatus
+from gateway.deps import GatewayState, StateDep
+from gateway.relay import EventStream, ReaderLimits
+from gateway.schemas import ErrorResponse, InvokeAccepted, InvokeBody, JobResult, SeedInvokeBody
+from gateway.streaming import open_stream
+
+router = APIRouter(
+    tags=["invoke"],
+    responses={
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
+
+
+async def _submit(
+    state: GatewayState, prefab_id: str | None, function_name: str, inputs: dict[str, Any], files: dict[str, list[str]]
+) -> tuple[Target, InvocationRequest]:
+    target, request = state.jobs.prepare(prefab_id, function_name, inputs, files)
+    await state.jobs.submit(target, request)
+    state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
+    return target, request
+
+
+def _accepted(http: Request, job_id: str) -> InvokeAccepted:
+    return InvokeAccepted(
+        job_id=job_id,
+        status=JobStatus.QUEUED,
+        events_url=str(http.url_for("job_events", job_id=job_id)),
+        status_url=str(http.url_for("get_job", job_id=job_id)),
+    )
+
+
+@router.post("/invoke", status_code=202, response_model=InvokeAccepted)
+async def invoke(body: InvokeBody, http: Request, response: Response, state: StateDep) -> InvokeAccepted:
+    """Enqueue a call and answer at once with the job id and where to follow it."""
+    _, request = await _submit(state, body.prefab_id, body.function_name, body.call_inputs, body.files)
+    accepted = _accepted(http, request.job_id)
+    response.headers["Location"] = accepted.status_url
+    return accepted
+
+
+async def _seed_invoke(
+    state: GatewayState, http: Request, prefab_id: str | None, function_name: str, body: SeedInvokeBody
+) -> Response:
+    """Streaming: the new job's SSE stream. Non-streaming: the result once the job ends."""
+    target, request = state.jobs.prepare(prefab_id, function_name, body.call_inputs, body.files)
+    job_id = request.job_id
+    if target.function.streaming:
+        # The stream replays the log first, so subscribing after the enqueue loses nothing.
+        await state.jobs.submit(target, request)
+        state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
+        return await open_stream(state, job_id, 0, {"X-Job-Id": job_id})
+    await state.jobs.submit(target, request)
+    state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
+    subscriber = await state.hub.subscribe(job_id)
+    stream = EventStream(state.redis, state.hub, job_id, 0, ReaderLimits(state.settings.keepalive_s, float("inf")))
+    frames = stream.frames(subscriber)
+    try:
+        async with asyncio.timeout(state.settings.sync_wait_s):
+            async for _ in frames:
+                pass
+    except TimeoutError:
+        accepted = _accepted(http, job_id)
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers={"X-Job-Id": job_id})
+    finally:
+        await frames.aclose()
+    record, _ = await state.jobs.get(job_id)
+    result = JobResult(
+        job_id=job_id, status=record.status, output=record.output, files=record.files or {}, error=record.error
+    )
+    return JSONResponse(result.model_dump(mode="json"), headers={"X-Job-Id": job_id})
+
+
+_SEED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobResult, "content": {"text/event-stream": {}}},
+    202: {"model": InvokeAccepted},
+}
+
+
+@router.post("/invoke/{function_name}", response_class=EventSourceResponse, responses=_SEED_RESPONSES)
+async def invoke_function(function_name: str, body: SeedInvokeBody, http: Request, state: StateDep) -> Response:
+    """The seed's form, with the prefab found by the (unique) function name."""
+    return await _seed_invoke(state, http, None, function_name, body)
+
+
+@router.post("/invoke/{prefab_id}/{function_name}", response_class=EventSourceResponse, responses=_SEED_RESPONSES)
+async def invoke_prefab_function(
+    prefab_id: str, function_name: str, body: SeedInvokeBody, http: Request, state: StateDep
+) -> Response:
+    """The seed's form with an explicit prefab."""
+    return await _seed_invoke(state, http, prefab_id, function_name, body)

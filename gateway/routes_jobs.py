@@ -1,0 +1,63 @@
+"""Reading jobs: ``GET /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/events``, cancel."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from sse_starlette import EventSourceResponse
+
+from factory.errors import BadRequest
+from gateway.deps import StateDep
+from gateway.schemas import ErrorResponse, JobList, JobView
+from gateway.streaming import open_stream
+
+router = APIRouter(tags=["jobs"], responses={404: {"model": ErrorResponse}})
+
+
+@router.get("/jobs", response_model=JobList)
+async def list_jobs(state: StateDep, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
+    """The most recent jobs, newest first."""
+    return JobList(jobs=[JobView.from_record(r, n) for r, n in await state.jobs.recent(limit)])
+
+
+@router.get("/jobs/{job_id}", response_model=JobView)
+async def get_job(job_id: str, state: StateDep) -> JobView:
+    record, last_event_id = await state.jobs.get(job_id)
+    return JobView.from_record(record, last_event_id)
+
+
+def _last_seq(header: str | None, query: int | None) -> int:
+    if header is None:
+        return query or 0
+    if not header.strip().isdigit():
+        raise BadRequest("Last-Event-ID must be a non-negative integer (the seq of the last event seen)")
+    return int(header)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "the job already ended"}},
+)
+async def job_events(
+    job_id: str,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0)] = None,
+) -> Response:
+    """SSE: the log after ``Last-Event-ID`` (or from the start), then live, to the terminal event."""
+    last_seq = _last_seq(last_event_id, last_event_id_query)
+    record, length = await state.jobs.get(job_id)
+    if last_seq > length:
+        raise BadRequest(f"Last-Event-ID {last_seq} is beyond the job's last event ({length})")
+    if record.status.is_final and last_seq >= length:
+        return Response(status_code=204)
+    return await open_stream(state, job_id, last_seq, {"X-Job-Id": job_id})
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobView)
+async def cancel_job(job_id: str, state: StateDep) -> JobView:
+    """Cancel: a queued job never starts; a running one stops within a second."""
+    record = await state.jobs.cancel(job_id)
+    state.metrics.cancels.inc()
+    _, length = await state.jobs.get(job_id)
+    return JobView.from_record(record, length)

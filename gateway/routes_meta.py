@@ -1,0 +1,62 @@
+"""The catalog and the process: ``/prefabs``, ``/healthz``, ``/readyz``, ``/metrics``."""
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from factory.catalog import PrefabEntry
+from factory.errors import ServiceUnavailable
+from gateway.deps import StateDep
+from gateway.schemas import ErrorResponse, Health, PrefabList, PrefabSummary
+
+router = APIRouter()
+
+
+def _summary(entry: PrefabEntry) -> PrefabSummary:
+    manifest = entry.manifest
+    return PrefabSummary(
+        id=manifest.id if manifest else None,
+        path=str(entry.path),
+        status="loaded" if entry.ok else "broken",
+        version=manifest.version if manifest else None,
+        name=manifest.name if manifest else None,
+        description=manifest.description if manifest else None,
+        functions=[f.name for f in manifest.functions] if manifest else [],
+        problems=list(entry.problems),
+    )
+
+
+@router.get("/prefabs", response_model=PrefabList, tags=["prefabs"])
+async def list_prefabs(state: StateDep) -> PrefabList:
+    """Every prefab found, loaded or broken (with the reasons)."""
+    return PrefabList(prefabs=[_summary(e) for e in state.catalog.entries])
+
+
+@router.get("/prefabs/{prefab_id}", tags=["prefabs"], responses={404: {"model": ErrorResponse}})
+async def get_prefab(prefab_id: str, state: StateDep) -> Response:
+    """The loaded prefab's whole manifest."""
+    manifest = state.catalog.get(prefab_id).manifest
+    assert manifest is not None
+    return Response(manifest.model_dump_json(by_alias=True, exclude_none=True), media_type="application/json")
+
+
+@router.get("/healthz", response_model=Health, tags=["health"])
+async def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": ErrorResponse}})
+async def readyz(state: StateDep) -> Health:
+    """Redis answers, so calls can be accepted."""
+    try:
+        await state.redis.ping()
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable("Redis is unreachable", retry_after_s=2) from exc
+    return Health(status="ready")
+
+
+@router.get("/metrics", tags=["health"], response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics of this gateway process."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

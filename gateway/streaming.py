@@ -1,0 +1,40 @@
+"""Builds the SSE response of one job for one reader, enforcing the reader limits."""
+
+from collections.abc import AsyncIterator
+
+from sse_starlette import EventSourceResponse
+
+from factory.errors import ServiceUnavailable
+from gateway.deps import GatewayState
+from gateway.relay import EventStream, ReaderLimits, Subscriber
+
+# Tell EventSource clients how soon to reconnect after a drop (milliseconds).
+RETRY_MS = 1000
+
+
+async def open_stream(state: GatewayState, job_id: str, last_seq: int, headers: dict[str, str]) -> EventSourceResponse:
+    """Subscribe now (so nothing published from here on is missed) and return the stream."""
+    settings = state.settings
+    if state.hub.stream_count >= settings.max_streams_per_gateway:
+        raise ServiceUnavailable("this gateway serves its maximum of SSE streams", retry_after_s=2)
+    if state.hub.readers_of(job_id) >= settings.max_readers_per_job:
+        raise ServiceUnavailable("this job has its maximum of readers on this gateway", retry_after_s=2)
+    subscriber = await state.hub.subscribe(job_id)
+    limits = ReaderLimits(poll_s=settings.keepalive_s, idle_timeout_s=settings.idle_reader_timeout_s)
+    stream = EventStream(state.redis, state.hub, job_id, last_seq, limits)
+    return EventSourceResponse(
+        _counted(state, stream, subscriber),
+        ping=settings.keepalive_s,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **headers},
+        send_timeout=60,
+    )
+
+
+async def _counted(state: GatewayState, stream: EventStream, subscriber: Subscriber) -> AsyncIterator[bytes]:
+    state.metrics.streams_open.inc()
+    try:
+        yield b"retry: %d\n\n" % RETRY_MS
+        async for chunk in stream.frames(subscriber):
+            yield chunk
+    finally:
+        state.metrics.streams_open.dec()
