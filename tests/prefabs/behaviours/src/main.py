@@ -1,0 +1,102 @@
+"""Test prefab: each function shows one edge case the factory must handle."""
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def counter(count: int, delay_s: float = 0.0, payload: str = "") -> Iterator[dict[str, Any]]:
+    yield {"type": "start", "data": {"total": count}}
+    for i in range(1, count + 1):
+        if delay_s:
+            time.sleep(delay_s)
+        yield {"type": "progress", "data": {"current": i, "total": count, "payload": payload}}
+    yield {"type": "done", "data": {"count": count}}
+
+
+def raises(message: str) -> Iterator[dict[str, Any]]:
+    yield {"type": "start", "data": {}}
+    raise RuntimeError(message)
+
+
+def malformed(kind: str) -> Iterator[Any]:
+    yield {"type": "start", "data": {}}
+    if kind == "number":
+        yield 42
+    elif kind == "no_type":
+        yield {"data": "no type"}
+    else:
+        yield {"type": "progress", "data": object()}
+    yield {"type": "done", "data": {}}
+
+
+def bare_strings(words: list[str]) -> Iterator[str]:
+    yield from words
+
+
+def no_done(count: int) -> Iterator[dict[str, Any]]:
+    for i in range(count):
+        yield {"type": "progress", "data": {"current": i + 1}}
+
+
+def sleeper(seconds: float) -> Iterator[dict[str, Any]]:
+    try:
+        yield {"type": "start", "data": {"seconds": seconds}}
+        time.sleep(seconds)
+        yield {"type": "done", "data": {"slept": seconds}}
+    except Exception as e:  # the seed's pattern: must not swallow the factory's timeout
+        yield {"type": "error", "data": str(e), "error_code": "SWALLOWED"}
+
+
+def needs_secret() -> Iterator[dict[str, Any]]:
+    token = os.environ.get("BEHAVIOURS_TOKEN", "")
+    yield {"type": "done", "data": {"has_token": bool(token), "length": len(token)}}
+
+
+def secret_snoop() -> dict[str, Any]:
+    return {"visible": sorted(k for k in os.environ if k == "BEHAVIOURS_TOKEN")}
+
+
+async def async_counter(count: int) -> AsyncIterator[dict[str, Any]]:
+    for i in range(count):
+        await asyncio.sleep(0)
+        yield {"type": "progress", "data": {"current": i + 1}}
+    yield {"type": "done", "data": {"count": count}}
+
+
+async def async_add(a: float, b: float) -> float:
+    await asyncio.sleep(0)
+    return a + b
+
+
+def workspace_report() -> dict[str, Any]:
+    cwd = Path.cwd()
+    return {
+        "cwd": str(cwd),
+        "inputs": (cwd / "data" / "inputs").is_dir(),
+        "outputs": (cwd / "data" / "outputs").is_dir(),
+    }
+
+
+def die(after: int = 2) -> Iterator[dict[str, Any]]:
+    for i in range(after):
+        yield {"type": "progress", "data": {"current": i + 1}}
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
+    yield {"type": "done", "data": {}}
+
+
+def typed(
+    text: str,
+    mode: str = "fast",
+    ratio: float | None = None,
+    count: int | None = None,
+    flag: bool | None = None,
+    tags: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {"text": text, "mode": mode, "ratio": ratio, "count": count, "flag": flag, "tags": tags, "options": options}

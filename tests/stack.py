@@ -1,0 +1,195 @@
+"""Real processes for end-to-end tests: gateways and workers started as the CLI starts them.
+
+Each process runs ``python -m gateway`` / ``python -m worker`` with its own environment and a
+log file under the test's directory (shown when a test fails to start one).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from factory.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFAB_DIRS = [ROOT / "prefabs", ROOT / "tests" / "prefabs"]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything in its process group (a worker and its horse)."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(5)
+
+
+@dataclass
+class Gateway(Proc):
+    url: str = ""
+
+
+@dataclass
+class Stack:
+    """A set of factory processes sharing one Redis database."""
+
+    redis_url: str
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
+        env.update(
+            {
+                "REDIS_URL": self.redis_url,
+                "FACTORY_PREFABS": os.pathsep.join(str(p) for p in PREFAB_DIRS),
+                "FACTORY_STATE_DIR": str(self.workdir / "state"),
+                "FACTORY_LOG_JSON": "true",
+                "FACTORY_LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.env)
+        env.update(extra)
+        return env
+
+    def _spawn(self, name: str, module: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", module],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return popen, log_path
+
+    def start_gateway(self, **extra: str) -> Gateway:
+        port = free_port()
+        env = self._env({"FACTORY_HOST": "127.0.0.1", "FACTORY_PORT": str(port), **extra})
+        name = f"gateway-{len(self.procs)}"
+        popen, log_path = self._spawn(name, "gateway", env)
+        gateway = Gateway(name, popen, log_path, url=f"http://127.0.0.1:{port}")
+        self.procs.append(gateway)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if popen.poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{gateway.log()}")
+            try:
+                if httpx.get(f"{gateway.url}/readyz", timeout=1).status_code == 200:
+                    return gateway
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not become ready:\n{gateway.log()}")
+
+    def start_worker(self, **extra: str) -> Proc:
+        name = f"worker-{len(self.procs)}"
+        popen, log_path = self._spawn(name, "worker", self._env(extra))
+        worker = Proc(name, popen, log_path)
+        self.procs.append(worker)
+        deadline = time.monotonic() + 30
+        while "Listening on" not in worker.log():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{worker.log()}")
+            time.sleep(0.05)
+        return worker
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@dataclass(frozen=True)
+class Received:
+    seq: int
+    event: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.event["type"])
+
+
+def parse_frames(lines: Iterator[str]) -> Iterator[Received]:
+    """Parse SSE lines into events (ignores comments and ``retry:``)."""
+    seq: int | None = None
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                assert seq is not None, "every event carries an id"
+                yield Received(seq, orjson.loads("\n".join(data)))
+            seq, data = None, []
+        elif line.startswith("id:"):
+            seq = int(line[3:].strip())
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+
+
+def read_events(
+    url: str, *, last_event_id: int | None = None, limit: int | None = None, timeout_s: float = 30.0
+) -> tuple[int, list[Received]]:
+    """GET an events stream; returns its status and the events (stops after ``limit`` events)."""
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    events: list[Received] = []
+    with httpx.stream("GET", url, headers=headers, timeout=timeout_s) as response:
+        if response.status_code != 200:
+            return response.status_code, events
+        for received in parse_frames(response.iter_lines()):
+            events.append(received)
+            if limit is not None and len(events) >= limit:
+                break
+    return response.status_code, events
+
+
+def invoke(gateway_url: str, function_name: str, inputs: dict[str, Any], **body: Any) -> str:
+    response = httpx.post(
+        f"{gateway_url}/invoke", json={"function_name": function_name, "inputs": inputs, **body}, timeout=10
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+def wait_status(gateway_url: str, job_id: str, statuses: set[str], timeout_s: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job: dict[str, Any] = httpx.get(f"{gateway_url}/jobs/{job_id}", timeout=5).json()
+        if job.get("status") in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} stayed {job.get('status')}, wanted {statuses}")
+        time.sleep(0.05)
