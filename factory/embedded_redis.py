@@ -251,7 +251,8 @@ class EmbeddedRedis:
                         f"end of {self.log_path}:\n{self._log_tail()}"
                     )
                 try:
-                    if client.ping():
+                    # The process id tells our server from another that already listens on the port.
+                    if client.ping() and client.info("server").get("process_id") == process.pid:
                         return
                 except redis.RedisError:  # not listening yet, or still loading the AOF
                     pass

@@ -1,18 +1,30 @@
-"""The atomic append: one Lua step gives a batch of events their ``seq``, appends them to the
-job's log and publishes them on its channel.
+"""The atomic steps on a job's log and record, each one Lua script.
 
-Atomicity is what makes replay-then-live exact: a reader that subscribes and then reads the
-log sees every event either in the log or on the channel, and drops the overlap by ``seq``.
-The script also enforces the terminal rule for every writer (worker, gateway cancel, lost-job
-reaper): once a terminal event is in the log nothing more is appended, so a stream has exactly
-one. A batch id makes a retried append idempotent (a reply lost to a dropped connection).
+APPEND gives a batch of events their ``seq``, appends them to the job's log and publishes
+them on its channel. Atomicity is what makes replay-then-live exact: a reader that subscribes
+and then reads the log sees every event either in the log or on the channel, and drops the
+overlap by ``seq``. The script also enforces the terminal rule for every writer (worker,
+gateway cancel, lost-job reaper): once a terminal event is in the log nothing more is
+appended, so a stream has exactly one. A batch id makes a retried append idempotent (a reply
+lost to a dropped connection).
+
+Executions and fencing: each run of a job (an *attempt*) gets a random execution token when a
+worker claims it (CLAIM, which also registers its heartbeat in ``keys.running_jobs_key()``).
+The work horse passes the token with each append, and an append whose token is no longer the
+job's (the attempt was declared lost and retried, or ended by someone else) is refused with
+``SUPERSEDED``, so a zombie attempt can never write into its successor's stream. A batch in
+*retry* mode is the last of an attempt that will run again: it appends the ``retry`` event,
+puts the record back to ``queued`` with the next attempt number and marks the execution
+``retry:<token>``, without closing the log.
 
 Sync (worker) and async (gateway) clients both register :data:`APPEND_LUA`; only the
 arguments are built here.
 """
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
+
+import orjson
 
 from factory import keys
 from factory.events import CANCELED, ErrorInfo, error_event
@@ -21,23 +33,24 @@ from factory.jobs import JobStatus, now_ms, terminal_fields
 APPEND_LUA = """
 local job, log, channel, files = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local batch_id, max_events, retention_s = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local terminal, n_fields = ARGV[4] == '1', tonumber(ARGV[5])
+local mode, token, n_fields = ARGV[4], ARGV[5], tonumber(ARGV[6])
 if redis.call('EXISTS', job) == 0 then return {-3, 0} end
 if redis.call('HEXISTS', job, 'terminal') == 1 then return {-1, redis.call('LLEN', log)} end
 if batch_id ~= '' and redis.call('HGET', job, 'batch') == batch_id then
   return {0, redis.call('LLEN', log)}
 end
-local first_event = 6 + n_fields
+if token ~= '' and redis.call('HGET', job, 'execution') ~= token then return {-4, redis.call('LLEN', log)} end
+local first_event = 7 + n_fields
 local n = #ARGV - first_event + 1
 local length = redis.call('LLEN', log)
-if max_events > 0 and not terminal and length + n > max_events then return {-2, length} end
+if max_events > 0 and mode == 'event' and length + n > max_events then return {-2, length} end
 local events = {}
 for i = first_event, #ARGV do events[#events + 1] = ARGV[i] end
 local last = redis.call('RPUSH', log, unpack(events))
 if batch_id ~= '' then redis.call('HSET', job, 'batch', batch_id) end
-if terminal then
+for i = 7, 6 + n_fields, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+if mode == 'terminal' then
   redis.call('HSET', job, 'terminal', '1')
-  for i = 6, 5 + n_fields, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
   redis.call('EXPIRE', job, retention_s)
   redis.call('EXPIRE', log, retention_s)
   if redis.call('EXISTS', files) == 1 then redis.call('EXPIRE', files, retention_s) end
@@ -46,12 +59,31 @@ redis.call('PUBLISH', channel, (last - n + 1) .. '\\n' .. table.concat(events, '
 return {1, last}
 """
 
+# KEYS: job, running set. ARGV: token, running member ('' = no heartbeat), its deadline (ms), max attempts.
+CLAIM_LUA = """
+local job, running = KEYS[1], KEYS[2]
+if redis.call('EXISTS', job) == 0 then return -3 end
+if redis.call('HEXISTS', job, 'terminal') == 1 then return -1 end
+local attempt = tonumber(redis.call('HGET', job, 'attempt')) or 0
+if attempt < 1 then
+  attempt = 1
+  redis.call('HSET', job, 'attempt', '1')
+end
+redis.call('HSET', job, 'execution', ARGV[1], 'max_attempts', ARGV[4])
+if ARGV[2] ~= '' then redis.call('ZADD', running, ARGV[3], ARGV[2]) end
+return attempt
+"""
+
+# KEYS: job. ARGV: token ('' = unfenced), then field/value pairs.
 START_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
 if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'execution') ~= ARGV[1] then return -4 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
+
+RETRY_PREFIX = "retry:"
 
 
 class Outcome(IntEnum):
@@ -60,6 +92,15 @@ class Outcome(IntEnum):
     ALREADY_ENDED = -1
     LIMIT_REACHED = -2
     UNKNOWN_JOB = -3
+    SUPERSEDED = -4
+
+
+class Mode(StrEnum):
+    """What a batch does to the job besides appending its events."""
+
+    EVENT = "event"
+    TERMINAL = "terminal"
+    RETRY = "retry"
 
 
 @dataclass(frozen=True)
@@ -79,12 +120,20 @@ def append_args(
     max_events: int = 0,
     retention_s: int,
     terminal_fields: dict[str, bytes] | None = None,
+    mode: Mode | None = None,
+    token: str = "",
 ) -> list[bytes | str | int]:
-    """Arguments of :data:`APPEND_LUA`; ``terminal_fields`` marks the batch as ending the job."""
+    """Arguments of :data:`APPEND_LUA`.
+
+    ``terminal_fields`` are the record fields written with the batch; given alone they mark it
+    as ending the job (``mode`` TERMINAL). ``token`` fences the append to one execution.
+    """
+    if mode is None:
+        mode = Mode.TERMINAL if terminal_fields else Mode.EVENT
     fields: list[bytes | str | int] = []
     for name, value in (terminal_fields or {}).items():
         fields.extend((name, value))
-    head: list[bytes | str | int] = [batch_id, max_events, retention_s, "1" if terminal_fields else "0", len(fields)]
+    head: list[bytes | str | int] = [batch_id, max_events, retention_s, mode.value, token, len(fields)]
     return [*head, *fields, *events]
 
 
@@ -92,8 +141,36 @@ def parse_append(reply: list[int]) -> AppendResult:
     return AppendResult(Outcome(int(reply[0])), int(reply[1]))
 
 
-def terminal_error_args(code: str, message: str, *, retention_s: int) -> list[bytes | str | int]:
+def terminal_error_args(code: str, message: str, *, retention_s: int, token: str = "") -> list[bytes | str | int]:
     """Arguments appending a factory-made terminal ``error`` (cancel, lost worker, shutdown)."""
     status = JobStatus.CANCELED if code == CANCELED else JobStatus.FAILED
     fields = terminal_fields(status, now_ms(), None, ErrorInfo(code=code, message=message))
-    return append_args([error_event(code, message)], retention_s=retention_s, terminal_fields=fields)
+    return append_args([error_event(code, message)], retention_s=retention_s, terminal_fields=fields, token=token)
+
+
+def retry_event(attempt: int, max_attempts: int, code: str, message: str) -> bytes:
+    """The ``retry`` event: the attempt that starts next, and why the previous one did not finish."""
+    data = {"attempt": attempt, "max_attempts": max_attempts, "error_code": code, "reason": message}
+    return orjson.dumps({"type": "retry", "data": data})
+
+
+def retry_fields(token: str, attempt: int) -> dict[str, bytes]:
+    """Record fields of a job going back to the queue for its next attempt."""
+    return {
+        "status": orjson.dumps(JobStatus.QUEUED.value),
+        "attempt": orjson.dumps(attempt),
+        "execution": (RETRY_PREFIX + token).encode(),
+    }
+
+
+def retry_args(
+    token: str, attempt: int, max_attempts: int, code: str, message: str, *, retention_s: int
+) -> list[bytes | str | int]:
+    """Arguments ending execution ``token`` with a ``retry`` event, so ``attempt`` runs next."""
+    return append_args(
+        [retry_event(attempt, max_attempts, code, message)],
+        retention_s=retention_s,
+        terminal_fields=retry_fields(token, attempt),
+        mode=Mode.RETRY,
+        token=token,
+    )

@@ -38,7 +38,7 @@ def job_id_from_channel(channel: str) -> str:
 
 
 def running_jobs_key() -> str:
-    """Sorted set of running job ids scored by the time their heartbeat lapses."""
+    """Sorted set of running executions (``<job id>:<execution token>``) scored by when their heartbeat lapses (ms)."""
     return f"{NAMESPACE}:running"
 
 
@@ -50,3 +50,13 @@ def recent_jobs_key() -> str:
 def upload_key(file_id: str) -> str:
     """Hash describing an uploaded input file, until its retention ends."""
     return f"{NAMESPACE}:upload:{file_id}"
+
+
+def sweep_lock_key() -> str:
+    """Lock held by the one process sweeping stored files whose job or upload has expired."""
+    return f"{NAMESPACE}:sweep-lock"
+
+
+def reaper_lock_key() -> str:
+    """Lock taken by the one process per interval that looks for lost jobs (lapsed heartbeats)."""
+    return f"{NAMESPACE}:reaper-lock"

@@ -43,8 +43,34 @@ class Settings(BaseSettings):
     worker_lost_after_s: float = 30.0
     shutdown_grace_s: float = 30.0
 
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Files (v3.0): unset storage_url keeps them in state_dir/files; "s3://bucket/prefix" uses S3.
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = Field(
+        default=None, validation_alias=AliasChoices("FACTORY_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    aws_access_key_id: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "FACTORY_AWS_ACCESS_KEY_ID")
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None,
+        repr=False,
+        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "FACTORY_AWS_SECRET_ACCESS_KEY"),
+    )
+    aws_session_token: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("AWS_SESSION_TOKEN", "FACTORY_AWS_SESSION_TOKEN")
+    )
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_job_file_bytes: int = 1024 * 1024 * 1024
+    fetch_timeout_s: float = 60.0
+    public_url: str | None = None
+    sweep_interval_s: float = 300.0
+
+    # Secrets: kept out of repr() so a logged Settings never shows them.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    token_secret: str | None = Field(default=None, repr=False)
     token_ttl_s: int = 24 * 3600
+    metrics_public: bool = False
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     log_level: str = "INFO"
@@ -69,11 +95,24 @@ class Settings(BaseSettings):
         """Read the environment, with explicit overrides (e.g. CLI flags) taking precedence."""
         return cls(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 
+    def public_base_url(self) -> str:
+        """Base of the URLs handed to callers (output files): FACTORY_PUBLIC_URL, else this host and port."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
     def require_redis_url(self) -> str:
         """The Redis URL, which every process but ``factory up`` must be given."""
         if not self.redis_url:
             raise RuntimeError("REDIS_URL is not set (run `factory up` for an embedded Redis)")
         return self.redis_url
+
+
+# The storage credentials' variables: a worker takes them out of its environment after reading its
+# Settings, so prefab functions cannot read the factory's own credentials.
+STORAGE_CREDENTIAL_VARS = frozenset(
+    f"{prefix}{name}"
+    for prefix in ("", "FACTORY_")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+)
 
 
 def read_secret_values(names: set[str]) -> dict[str, str]:
@@ -95,12 +134,21 @@ def inject_secrets(values: dict[str, str]) -> None:
     os.environ.update(values)
 
 
+def _env_name(name: str, alias: object) -> str:
+    """The variable a field is read from: its first alias, else ``FACTORY_<NAME>``."""
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"FACTORY_{name.upper()}"
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that make a child process's ``Settings.from_env()`` equal ``settings``."""
     env: dict[str, str] = {}
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
-        key = "REDIS_URL" if name == "redis_url" else f"FACTORY_{name.upper()}"
+        key = _env_name(name, field.validation_alias)
         if value is None:
             continue
         if name == "prefabs":

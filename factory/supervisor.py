@@ -110,7 +110,7 @@ def _kill_if_same(pid: int, started: int) -> None:
 
 
 def _backoff_s(fast_failures: int) -> float:
-    return 0.0 if fast_failures == 0 else min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (fast_failures - 1))
+    return 0.0 if fast_failures == 0 else min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (fast_failures - 1))
 
 
 class Supervisor:

@@ -7,6 +7,7 @@ defaults filled in, or a :class:`ValidationFailed` naming every bad field.
 from typing import Any
 
 from factory.errors import ValidationFailed
+from factory.filerefs import parse_ref
 from factory.manifest import FunctionSpec, Parameter, Schema
 
 Problem = dict[str, str]
@@ -96,5 +97,11 @@ def validate_file_groups(spec: FunctionSpec, files: dict[str, list[str]]) -> Non
             problems.append({"field": f"files.{name}", "message": f"needs at least {group.min_items} file(s)"})
         if group.max_items is not None and count > group.max_items:
             problems.append({"field": f"files.{name}", "message": f"takes at most {group.max_items} file(s)"})
+    for name, refs in files.items():
+        for index, ref in enumerate(refs):
+            try:
+                parse_ref(ref)
+            except ValueError as exc:
+                problems.append({"field": f"files.{name}[{index}]", "message": str(exc)})
     if problems:
         raise ValidationFailed(f"files do not match {spec.name}", details=problems)

@@ -5,19 +5,24 @@ catalog from the manifests alone (no prefab code is imported here) and starts th
 everything is handed to routes through lifespan state.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from factory import logs
 from factory.catalog import Catalog
 from factory.connections import redis_async, redis_sync
 from factory.settings import Settings
-from gateway import errors, routes_invoke, routes_jobs, routes_meta
+from factory.storage import storage_from_settings
+from gateway import errors, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
+from gateway.auth import Authenticator, requirement
 from gateway.body_limit import BodyLimit
 from gateway.deps import GatewayState
+from gateway.files import FileService
+from gateway.housekeeping import sweep_forever
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
 from gateway.relay import RelayHub
@@ -26,6 +31,7 @@ from gateway.relay import RelayHub
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings default to the environment's."""
     settings = settings or Settings.from_env()
+    authenticator = Authenticator.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, GatewayState]]:
@@ -35,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         catalog = Catalog.discover(settings.prefabs)
         hub = RelayHub(client)
         await hub.start()
+        storage = storage_from_settings(settings)
         state = GatewayState(
             settings=settings,
             redis=client,
@@ -42,12 +49,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             jobs=JobService(settings, client, sync_client, catalog),
             hub=hub,
             metrics=GatewayMetrics(),
+            files=FileService(settings, client, storage),
+            auth=authenticator,
         )
+        sweeper = asyncio.create_task(sweep_forever(settings, storage, sync_client), name="retention-sweep")
         try:
             yield {"gateway": state}
         finally:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
             await hub.close()
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)  # the pool was passed in: not closed by default
             sync_client.close()
 
     app = FastAPI(
@@ -55,11 +68,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Run prefab functions as jobs and stream their events over resumable SSE.",
         version="0.1.0",
         lifespan=lifespan,
+        # App-wide, so every router (including ones added later) needs credentials; see gateway/auth.py.
+        dependencies=[Depends(requirement(authenticator))] if authenticator else None,
+        responses=errors.documented_responses(auth=authenticator is not None),
     )
     errors.install(app)
     app.include_router(routes_invoke.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_meta.router)
+    app.include_router(routes_files.router)
+    app.include_router(routes_ui.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/files",))
     if settings.cors_origins:
         app.add_middleware(
@@ -67,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            expose_headers=["X-Job-Id", "Location"],
+            expose_headers=["X-Job-Id", "X-Job-Token", "Location", "Retry-After"],
+            max_age=600,
         )
     return app
 

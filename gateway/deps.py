@@ -8,6 +8,8 @@ from fastapi import Depends, Request
 
 from factory.catalog import Catalog
 from factory.settings import Settings
+from gateway.auth import Authenticator
+from gateway.files import FileService
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
 from gateway.relay import RelayHub
@@ -23,6 +25,8 @@ class GatewayState:
     jobs: JobService
     hub: RelayHub
     metrics: GatewayMetrics
+    files: FileService
+    auth: Authenticator | None = None
 
 
 def _state(request: Request) -> GatewayState:

@@ -4,7 +4,9 @@ The only place that knows HTTP status codes for factory errors. Unexpected excep
 logged with their traceback and answered with a bare 500 that leaks nothing.
 """
 
+import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from factory.errors import FactoryError, ServiceUnavailable
+from factory.errors import FactoryError, ServiceUnavailable, Unauthenticated
+from gateway.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +35,20 @@ _HTTP_CODES = {
 }
 
 
+class _ErrorJSON(JSONResponse):
+    """Echoed input may hold text UTF-8 cannot encode (a lone surrogate): replace it, never fail."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return _ErrorJSON({"error": body}, status_code=status, headers=headers)
 
 
 async def _factory_error(request: Request, exc: Exception) -> JSONResponse:
@@ -46,6 +56,8 @@ async def _factory_error(request: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, ServiceUnavailable) and exc.retry_after_s is not None:
         headers = {"Retry-After": str(exc.retry_after_s)}
+    elif isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
     return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
 
 
@@ -54,18 +66,39 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _json_problem(error: Any) -> dict[str, str]:
+    loc = tuple(error.get("loc", ()))
+    if len(loc) == 2 and isinstance(loc[1], int):  # FastAPI's decode error: ("body", character offset)
+        reason = (error.get("ctx") or {}).get("error") or error.get("msg", "")
+        return {"field": "body", "message": f"{reason} (at character {loc[1]})"}
+    return {"field": _field(loc), "message": str(error.get("msg", ""))}
+
+
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return error_response(400, "BAD_REQUEST", "the request body is not valid JSON")
+    invalid_json = [_json_problem(e) for e in errors if e.get("type") == "json_invalid"]
+    if invalid_json:
+        return error_response(400, "BAD_REQUEST", "the request body is not valid JSON", invalid_json)
+    if any(tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes) for e in errors):
+        # FastAPI hands the raw bytes on when the Content-Type is not JSON (curl -d sends a form type).
+        return error_response(
+            415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON, with Content-Type: application/json"
+        )
     details = [{"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))} for e in errors]
     return error_response(422, "VALIDATION_ERROR", "the request does not match the API", details)
 
 
+def _status_name(status: int) -> str:
+    try:
+        return HTTPStatus(status).name
+    except ValueError:
+        return "ERROR"
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "ERROR")
+    code = _HTTP_CODES.get(exc.status_code) or _status_name(exc.status_code)
     return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
@@ -77,6 +110,18 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "INTERNAL_SERVER_ERROR", "internal error")
+
+
+def documented_responses(auth: bool) -> dict[int | str, dict[str, Any]]:
+    """Errors any operation may answer, for the OpenAPI document (422 in our shape, not FastAPI's)."""
+    responses: dict[int | str, dict[str, Any]] = {
+        422: {"model": ErrorResponse, "description": "the request does not match the API or the manifest"},
+        500: {"model": ErrorResponse, "description": "internal error (details are only logged)"},
+    }
+    if auth:
+        responses[401] = {"model": ErrorResponse, "description": "missing, wrong or expired credentials"}
+        responses[403] = {"model": ErrorResponse, "description": "a job token used beyond its own job"}
+    return responses
 
 
 def install(app: FastAPI) -> None:

@@ -50,9 +50,15 @@ class JobService:
         self._append = client.register_script(APPEND_LUA)
 
     def prepare(
-        self, prefab_id: str | None, function_name: str, inputs: dict[str, Any], files: dict[str, list[str]]
+        self,
+        prefab_id: str | None,
+        function_name: str,
+        inputs: dict[str, Any],
+        files: dict[str, list[str]],
+        *,
+        retries: int | None = None,
     ) -> tuple[Target, InvocationRequest]:
-        """Resolve and validate a call; nothing touches Redis yet."""
+        """Resolve and validate a call; nothing touches Redis yet. ``retries`` overrides the manifest's."""
         target = self.catalog.resolve(prefab_id, function_name)
         resolved = validate_inputs(target.function, inputs)
         validate_file_groups(target.function, files)
@@ -63,7 +69,7 @@ class JobService:
             inputs=resolved,
             files=files,
             timeout_s=target.function.timeout or self.settings.default_timeout_s,
-            retries=target.function.retries,
+            retries=target.function.retries if retries is None else retries,
             created_ms=now_ms(),
         )
         return target, request

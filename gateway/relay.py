@@ -9,6 +9,11 @@ client reads slowly) or hears nothing for a while reads the log again from its l
 So a slow reader never slows the hub, the other readers or the worker, and a pub/sub message
 lost to a Redis restart costs latency, not data.
 
+Redis outages: the hub reconnects by itself (redis-py subscribes again, and every reader then
+reads the log), and a reader whose log read fails keeps its stream open, retrying with backoff,
+for up to ``ReaderLimits.outage_s`` (keep-alive comments go on meanwhile); past that its stream
+closes and the client resumes by ``Last-Event-ID``, on any gateway.
+
 Frames are pre-encoded bytes (``id: <seq>\\ndata: <event>\\n\\n``), several per write when a
 batch arrives: every write holds whole events only, which is what the seed's JavaScript
 client needs, at a fraction of the cost of encoding each event separately.
@@ -22,7 +27,9 @@ from dataclasses import dataclass, field
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from factory import keys
 from factory.events import TERMINAL_TYPES, split_batch
@@ -178,6 +185,7 @@ class RelayHub:
 class ReaderLimits:
     poll_s: float
     idle_timeout_s: float
+    outage_s: float = 30.0
 
 
 class EventStream:
@@ -221,13 +229,35 @@ class EventStream:
             await self.hub.unsubscribe(subscriber)
 
     async def _from_log(self) -> bytes:
+        """Everything in the log after ``last_seq``, as frames; rides out a Redis outage up to ``outage_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.outage_s
+        delay_s = 0.1
+        while True:
+            try:
+                return await self._read_log()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if loop.time() + delay_s > deadline:
+                    raise
+                logger.warning(
+                    "cannot read the log (%s); retrying in %.1f s", exc, delay_s, extra={"job_id": self.job_id}
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+
+    async def _read_log(self) -> bytes:
         """Everything in the log after ``last_seq``, as frames (bounded per write)."""
         parts: list[bytes] = []
         while not self.finished:
             start = self.last_seq
-            entries: list[bytes] = await self.client.lrange(  # type: ignore[assignment]
-                keys.events_key(self.job_id), start, start + MAX_FRAMES_PER_WRITE - 1
-            )
+            try:
+                entries: list[bytes] = await self.client.lrange(  # type: ignore[assignment]
+                    keys.events_key(self.job_id), start, start + MAX_FRAMES_PER_WRITE - 1
+                )
+            except (RedisError, OSError):
+                if parts:
+                    break  # hand out what was read (``last_seq`` moved past it); the next read fails again
+                raise
             if not entries:
                 break
             parts.append(self._frames(start + 1, entries))

@@ -12,7 +12,7 @@ from factory.jobs import InvocationRequest, JobStatus
 from gateway.deps import GatewayState, StateDep
 from gateway.relay import EventStream, ReaderLimits
 from gateway.schemas import ErrorResponse, InvokeAccepted, InvokeBody, JobResult, SeedInvokeBody
-from gateway.streaming import open_stream
+from gateway.streaming import check_capacity, open_stream
 
 router = APIRouter(
     tags=["invoke"],
@@ -20,6 +20,7 @@ router = APIRouter(
         400: {"model": ErrorResponse},
         404: {"model": ErrorResponse},
         413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         503: {"model": ErrorResponse},
     },
@@ -27,28 +28,44 @@ router = APIRouter(
 
 
 async def _submit(
-    state: GatewayState, prefab_id: str | None, function_name: str, inputs: dict[str, Any], files: dict[str, list[str]]
+    state: GatewayState,
+    prefab_id: str | None,
+    function_name: str,
+    inputs: dict[str, Any],
+    files: dict[str, list[str]],
+    retries: int | None = None,
 ) -> tuple[Target, InvocationRequest]:
-    target, request = state.jobs.prepare(prefab_id, function_name, inputs, files)
+    target, request = state.jobs.prepare(prefab_id, function_name, inputs, files, retries=retries)
     await state.jobs.submit(target, request)
     state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
     return target, request
 
 
-def _accepted(http: Request, job_id: str) -> InvokeAccepted:
+def _token(state: GatewayState, job_id: str) -> str | None:
+    """The job's token when auth is on: it opens this job's status and events only."""
+    return state.auth.signer.issue(job_id) if state.auth is not None else None
+
+
+def _job_headers(state: GatewayState, job_id: str) -> dict[str, str]:
+    token = _token(state, job_id)
+    return {"X-Job-Id": job_id} if token is None else {"X-Job-Id": job_id, "X-Job-Token": token}
+
+
+def _accepted(state: GatewayState, http: Request, job_id: str) -> InvokeAccepted:
     return InvokeAccepted(
         job_id=job_id,
         status=JobStatus.QUEUED,
         events_url=str(http.url_for("job_events", job_id=job_id)),
         status_url=str(http.url_for("get_job", job_id=job_id)),
+        token=_token(state, job_id),
     )
 
 
 @router.post("/invoke", status_code=202, response_model=InvokeAccepted)
 async def invoke(body: InvokeBody, http: Request, response: Response, state: StateDep) -> InvokeAccepted:
     """Enqueue a call and answer at once with the job id and where to follow it."""
-    _, request = await _submit(state, body.prefab_id, body.function_name, body.call_inputs, body.files)
-    accepted = _accepted(http, request.job_id)
+    _, request = await _submit(state, body.prefab_id, body.function_name, body.call_inputs, body.files, body.retries)
+    accepted = _accepted(state, http, request.job_id)
     response.headers["Location"] = accepted.status_url
     return accepted
 
@@ -60,10 +77,11 @@ async def _seed_invoke(
     target, request = state.jobs.prepare(prefab_id, function_name, body.call_inputs, body.files)
     job_id = request.job_id
     if target.function.streaming:
+        check_capacity(state, job_id)  # before the enqueue: a refused caller must not leave an orphan job
         # The stream replays the log first, so subscribing after the enqueue loses nothing.
         await state.jobs.submit(target, request)
         state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
-        return await open_stream(state, job_id, 0, {"X-Job-Id": job_id})
+        return await open_stream(state, job_id, 0, _job_headers(state, job_id), checked=True)
     await state.jobs.submit(target, request)
     state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
     subscriber = await state.hub.subscribe(job_id)
@@ -74,15 +92,15 @@ async def _seed_invoke(
             async for _ in frames:
                 pass
     except TimeoutError:
-        accepted = _accepted(http, job_id)
-        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers={"X-Job-Id": job_id})
+        accepted = _accepted(state, http, job_id)
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=_job_headers(state, job_id))
     finally:
         await frames.aclose()
     record, _ = await state.jobs.get(job_id)
     result = JobResult(
         job_id=job_id, status=record.status, output=record.output, files=record.files or {}, error=record.error
     )
-    return JSONResponse(result.model_dump(mode="json"), headers={"X-Job-Id": job_id})
+    return JSONResponse(result.model_dump(mode="json"), headers=_job_headers(state, job_id))
 
 
 _SEED_RESPONSES: dict[int | str, dict[str, Any]] = {

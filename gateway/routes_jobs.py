@@ -1,5 +1,6 @@
 """Reading jobs: ``GET /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/events``, cancel."""
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -10,7 +11,7 @@ from gateway.deps import StateDep
 from gateway.schemas import ErrorResponse, JobList, JobView
 from gateway.streaming import open_stream
 
-router = APIRouter(tags=["jobs"], responses={404: {"model": ErrorResponse}})
+router = APIRouter(tags=["jobs"], responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 
 
 @router.get("/jobs", response_model=JobList)
@@ -25,18 +26,27 @@ async def get_job(job_id: str, state: StateDep) -> JobView:
     return JobView.from_record(record, last_event_id)
 
 
+# ASCII digits only, and few enough for int(): str.isdigit() also accepts "²", which int() refuses.
+_SEQ = re.compile(r"[0-9]{1,18}")
+
+
 def _last_seq(header: str | None, query: int | None) -> int:
     if header is None:
         return query or 0
-    if not header.strip().isdigit():
+    value = header.strip()
+    if not _SEQ.fullmatch(value):
         raise BadRequest("Last-Event-ID must be a non-negative integer (the seq of the last event seen)")
-    return int(header)
+    return int(value)
 
 
 @router.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "the job already ended"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        204: {"description": "the job already ended"},
+        400: {"model": ErrorResponse, "description": "Last-Event-ID is not a seq, or is past the job's last event"},
+    },
 )
 async def job_events(
     job_id: str,

@@ -1,12 +1,38 @@
 """The HTTP contract: request and response bodies, apart from the internal records."""
 
+import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from factory.events import ErrorInfo
 from factory.jobs import JobRecord, JobStatus
+
+# The most retries a caller may ask for (a manifest allows as many).
+MAX_RETRIES = 10
+
+_J = TypeVar("_J")
+
+
+def _strict_json(value: _J) -> _J:
+    """Refuse what Python's JSON parser lets through but JSON forbids: NaN, Infinity, lone surrogates.
+
+    They would otherwise be enqueued and fail later, far from the caller (in an error message
+    that cannot be encoded, or in the worker). The error type makes it a 400 like other bad JSON.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError("json_invalid", "a string is not valid Unicode (it holds a lone surrogate)") from exc
+    except ValueError as exc:
+        raise PydanticCustomError("json_invalid", "NaN and Infinity are not JSON numbers") from exc
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_strict_json)]
+FileGroups = Annotated[dict[str, list[str]], AfterValidator(_strict_json)]
 
 
 class InvokeBody(BaseModel):
@@ -16,9 +42,16 @@ class InvokeBody(BaseModel):
 
     prefab_id: str | None = Field(default=None, max_length=128)
     function_name: str = Field(max_length=128)
-    inputs: dict[str, Any] | None = None
-    parameters: dict[str, Any] | None = None
-    files: dict[str, list[str]] = Field(default_factory=dict)
+    inputs: JsonObject | None = None
+    parameters: JsonObject | None = None
+    files: FileGroups = Field(default_factory=dict)
+    retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_RETRIES,
+        description="times the job is run again after an uncaught exception or a lost worker "
+        "(default: the function's manifest `retries`)",
+    )
 
     @model_validator(mode="after")
     def _one_inputs(self) -> "InvokeBody":
@@ -36,9 +69,15 @@ class SeedInvokeBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: dict[str, Any] | None = None
-    parameters: dict[str, Any] | None = None
-    files: dict[str, list[str]] = Field(default_factory=dict)
+    inputs: JsonObject | None = None
+    parameters: JsonObject | None = None
+    files: FileGroups = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_inputs(self) -> "SeedInvokeBody":
+        if self.inputs is not None and self.parameters is not None:
+            raise ValueError("give either inputs or parameters, not both")
+        return self
 
     @property
     def call_inputs(self) -> dict[str, Any]:
@@ -101,6 +140,16 @@ class JobResult(BaseModel):
     output: Any = None
     files: dict[str, list[str]] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+
+
+class UploadedFile(BaseModel):
+    """``POST /files``: the stored upload; pass ``ref`` in a call's ``files``."""
+
+    file_id: str
+    name: str = Field(description="the sanitised file name it gets in data/inputs/<group>/")
+    size: int
+    content_type: str
+    ref: str = Field(description="upload://<file_id>")
 
 
 class JobList(BaseModel):

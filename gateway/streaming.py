@@ -12,19 +12,39 @@ from gateway.relay import EventStream, ReaderLimits, Subscriber
 RETRY_MS = 1000
 
 
-async def open_stream(state: GatewayState, job_id: str, last_seq: int, headers: dict[str, str]) -> EventSourceResponse:
-    """Subscribe now (so nothing published from here on is missed) and return the stream."""
+def check_capacity(state: GatewayState, job_id: str) -> None:
+    """Refuse with 503 when this gateway already serves its maximum of streams, or of this job's readers."""
     settings = state.settings
     if state.hub.stream_count >= settings.max_streams_per_gateway:
-        raise ServiceUnavailable("this gateway serves its maximum of SSE streams", retry_after_s=2)
+        raise ServiceUnavailable(
+            f"this gateway serves its maximum of {settings.max_streams_per_gateway} SSE streams", retry_after_s=2
+        )
     if state.hub.readers_of(job_id) >= settings.max_readers_per_job:
-        raise ServiceUnavailable("this job has its maximum of readers on this gateway", retry_after_s=2)
+        raise ServiceUnavailable(
+            f"this job has its maximum of {settings.max_readers_per_job} readers on this gateway", retry_after_s=2
+        )
+
+
+async def open_stream(
+    state: GatewayState, job_id: str, last_seq: int, headers: dict[str, str], *, checked: bool = False
+) -> EventSourceResponse:
+    """Subscribe now (so nothing published from here on is missed) and return the stream.
+
+    ``checked``: the caller ran :func:`check_capacity` already (before enqueueing a job whose
+    only reader this is, so a refusal never leaves a job nobody knows the id of).
+    """
+    settings = state.settings
+    if not checked:
+        check_capacity(state, job_id)
     subscriber = await state.hub.subscribe(job_id)
-    limits = ReaderLimits(poll_s=settings.keepalive_s, idle_timeout_s=settings.idle_reader_timeout_s)
+    limits = ReaderLimits(
+        poll_s=settings.keepalive_s, idle_timeout_s=settings.idle_reader_timeout_s, outage_s=settings.redis_outage_s
+    )
     stream = EventStream(state.redis, state.hub, job_id, last_seq, limits)
     return EventSourceResponse(
         _counted(state, stream, subscriber),
         ping=settings.keepalive_s,
+        sep="\n",  # the frames' own line ending, so every chunk (pings too) ends in a blank line
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **headers},
         send_timeout=60,
     )

@@ -54,7 +54,8 @@ def make_stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
 def shared_stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One gateway and two workers shared by a module's tests that do not disturb processes."""
     stack = Stack(_db_url(redis_server), tmp_path_factory.mktemp("stack"))
-    stack.start_gateway()
+    gateway = stack.start_gateway()
+    stack.env["FACTORY_PUBLIC_URL"] = gateway.url  # the base of output file URLs the workers hand out
     stack.start_worker()
     stack.start_worker()
     yield stack

@@ -1,12 +1,54 @@
 """Moves a job's files between storage and its workspace (v3.0 file handling).
 
-Placeholder bridge until file storage lands: a call with input files is refused with
-``INPUT_FILE_ERROR`` and output files are not collected.
+Before the function runs, each group of the call's ``files`` is materialised into
+``data/inputs/<group>/`` under each file's own sanitised name (``name-2.ext`` when two files
+of a group share one). After it ends, every regular file under ``data/outputs/`` is stored and
+described in the job's files hash (``keys.files_key``), which the gateway serves from.
+
+Safety: names never come from a caller unsanitised; a symlink or any other non-regular entry
+in ``data/outputs/`` fails the job (``OUTPUT_FILE_ERROR``) instead of being followed, and
+outputs are opened with ``O_NOFOLLOW``. Limits: ``max_file_bytes`` per file and
+``max_job_file_bytes`` for the inputs of a job and, separately, for its outputs.
 """
 
-from factory.events import INPUT_FILE_ERROR
-from factory.jobs import InvocationRequest
+import logging
+import os
+import stat
+from pathlib import Path
+
+import orjson
+import redis
+
+from factory import keys
+from factory.events import INPUT_FILE_ERROR, OUTPUT_FILE_ERROR
+from factory.filerefs import (
+    OUTPUT_GROUP,
+    content_type_for,
+    output_location,
+    output_url,
+    parse_ref,
+    sanitize_name,
+    unique_name,
+)
+from factory.jobs import InvocationRequest, StoredFile
+from factory.settings import Settings
+from factory.storage import Storage, StorageError
+from worker.fetch import FetchFailed, InputFetcher, TooLarge
 from worker.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+MAX_OUTPUT_FILES = 1000
+
+# Record the outputs only on a job that is still open: one that already ended (canceled while
+# its outputs were stored) keeps no files hash without an expiry.
+RECORD_FILES_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
+redis.call('HSET', KEYS[1], 'files', ARGV[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 
 
 class FileError(Exception):
@@ -15,10 +57,102 @@ class FileError(Exception):
         self.code = code
 
 
+def collect_outputs(root: Path, max_file_bytes: int, max_total_bytes: int) -> list[tuple[str, Path]]:
+    """Every regular file under ``root`` as (served name, path); refuses links and oversize files."""
+    found: list[tuple[str, Path]] = []
+    taken: set[str] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        dirnames.sort()
+        for entry in sorted(dirnames + filenames):
+            path = base / entry
+            shown = path.relative_to(root).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise FileError(OUTPUT_FILE_ERROR, f"data/outputs/{shown} is a symbolic link; outputs must be files")
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise FileError(OUTPUT_FILE_ERROR, f"data/outputs/{shown} is not a regular file")
+            size = path.stat().st_size
+            total += size
+            if size > max_file_bytes:
+                raise FileError(OUTPUT_FILE_ERROR, f"data/outputs/{shown} exceeds {max_file_bytes} bytes per file")
+            if total > max_total_bytes:
+                raise FileError(OUTPUT_FILE_ERROR, f"the outputs exceed {max_total_bytes} bytes per job")
+            name = "/".join(sanitize_name(part) for part in path.relative_to(root).parts)
+            found.append((unique_name(name, taken), path))
+            if len(found) > MAX_OUTPUT_FILES:
+                raise FileError(OUTPUT_FILE_ERROR, f"more than {MAX_OUTPUT_FILES} output files")
+    return found
+
+
 class FileBridge:
+    def __init__(self, settings: Settings, storage: Storage, client: redis.Redis) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.client = client
+        self.fetcher = InputFetcher(settings, storage, client)
+        self._record = client.register_script(RECORD_FILES_LUA)
+
     def fetch_inputs(self, request: InvocationRequest, workspace: Workspace) -> None:
-        if any(request.files.values()):
-            raise FileError(INPUT_FILE_ERROR, "input files are not supported yet")
+        """Materialise every input group into ``data/inputs/<group>/``; :class:`FileError` on any failure."""
+        remaining = self.settings.max_job_file_bytes
+        for group, refs in request.files.items():
+            folder = workspace.inputs / sanitize_name(group)
+            folder.mkdir(parents=True, exist_ok=True)
+            taken: set[str] = set()
+            for index, ref in enumerate(refs):
+                limit = min(self.settings.max_file_bytes, remaining)
+                part = folder / f".part-{index}"
+                try:
+                    name = self.fetcher.fetch(parse_ref(ref), part, limit)
+                except (ValueError, FetchFailed, OSError) as exc:
+                    part.unlink(missing_ok=True)
+                    reason = self._too_large(limit) if isinstance(exc, TooLarge) else str(exc)
+                    raise FileError(INPUT_FILE_ERROR, f"files.{group}[{index}]: {reason}") from exc
+                remaining -= part.stat().st_size
+                part.rename(folder / unique_name(sanitize_name(name), taken))
+
+    def _too_large(self, limit: int) -> str:
+        if limit < self.settings.max_file_bytes:
+            return f"the input files are larger than the limit of {self.settings.max_job_file_bytes} bytes per job"
+        return f"the file is larger than the limit of {limit} bytes per file"
 
     def store_outputs(self, request: InvocationRequest, workspace: Workspace) -> bytes | None:
-        return None
+        """Store ``data/outputs/``; the encoded ``files`` event, or None when there are no outputs."""
+        settings = self.settings
+        try:
+            outputs = collect_outputs(workspace.outputs, settings.max_file_bytes, settings.max_job_file_bytes)
+        except OSError as exc:
+            raise FileError(OUTPUT_FILE_ERROR, f"the outputs could not be read: {exc}") from exc
+        if not outputs:
+            return None
+        base_url = settings.public_base_url()
+        stored: list[StoredFile] = []
+        for name, path in outputs:
+            location = output_location(request.job_id, name)
+            content_type = content_type_for(name)
+            try:
+                size = self._put(location, path, content_type)
+            except (OSError, StorageError) as exc:
+                logger.warning("storing output %s failed: %s", name, exc)
+                raise FileError(OUTPUT_FILE_ERROR, f"output file {name} could not be stored: {exc}") from exc
+            url = output_url(base_url, request.job_id, name)
+            stored.append(StoredFile(name=name, url=url, size=size, content_type=content_type, location=location))
+        files = {OUTPUT_GROUP: [item.url for item in stored]}
+        args: list[bytes | str] = [orjson.dumps(files)]
+        for item in stored:
+            args.extend((item.name, item.model_dump_json()))
+        recorded = int(self._record(keys=[keys.job_key(request.job_id), keys.files_key(request.job_id)], args=args))
+        if recorded != 1:
+            return None  # the job ended meanwhile: its stream is closed
+        return orjson.dumps({"type": "files", "data": files})
+
+    def _put(self, location: str, path: Path, content_type: str) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as source:
+            size = os.fstat(fd).st_size
+            self.storage.put(location, source, content_type)
+        return size

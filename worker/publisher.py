@@ -8,7 +8,14 @@ thus pays one round trip per event with no added latency, and a fast one gets ba
 generator down instead of filling memory.
 
 A write that fails for lack of Redis is retried with backoff, for up to ``redis_outage_s``;
-retries are safe because each batch carries an id the append script deduplicates.
+retries are safe because each batch carries an id the append script deduplicates. Past that
+bound the publisher stops (:class:`PublisherUnavailable` in :attr:`EventPublisher.failure`) and
+the runner ends the job with ``REDIS_UNAVAILABLE`` once Redis is back.
+
+Every write carries the execution's token, so once the job belongs to another execution (this
+one was declared lost) the script refuses it and the publisher closes like after a terminal.
+The last batch of an execution either ends the job (terminal) or hands it to its next attempt
+(retry mode); see ``factory.eventlog``.
 """
 
 import logging
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 import redis
 
 from factory.connections import RETRYABLE
-from factory.eventlog import APPEND_LUA, AppendResult, Outcome, append_args, append_keys, parse_append
+from factory.eventlog import APPEND_LUA, AppendResult, Mode, Outcome, append_args, append_keys, parse_append
 from factory.events import EVENT_LIMIT, ErrorInfo, error_event
 from factory.jobs import JobStatus, now_ms, terminal_fields
 
@@ -37,19 +44,30 @@ class PublisherUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class _Terminal:
+    """The execution's last batch: its event, the record fields it writes, and whether it ends the job."""
+
     event: bytes
     fields: dict[str, bytes]
+    mode: Mode = Mode.TERMINAL
 
 
 class EventPublisher:
     """Appends and publishes one job's events, batching behind in-flight writes."""
 
     def __init__(
-        self, client: redis.Redis, job_id: str, *, max_events: int, retention_s: int, redis_outage_s: float
+        self,
+        client: redis.Redis,
+        job_id: str,
+        *,
+        max_events: int,
+        retention_s: int,
+        redis_outage_s: float,
+        token: str = "",
     ) -> None:
         self._script = client.register_script(APPEND_LUA)
         self._keys = append_keys(job_id)
         self._job_id = job_id
+        self._token = token
         self._max_events = max_events
         self._retention_s = retention_s
         self._redis_outage_s = redis_outage_s
@@ -67,9 +85,11 @@ class EventPublisher:
         """Queue one non-terminal event (blocks while the queue is full)."""
         self._queue.put(event)
 
-    def finish(self, event: bytes, fields: dict[str, bytes], wait_s: float | None = None) -> AppendResult | None:
-        """Queue the terminal event, wait until everything is written, and return its outcome."""
-        self._queue.put(_Terminal(event, fields))
+    def finish(
+        self, event: bytes, fields: dict[str, bytes], mode: Mode = Mode.TERMINAL, wait_s: float | None = None
+    ) -> AppendResult | None:
+        """Queue the last event (terminal, or ``retry`` with ``Mode.RETRY``), wait until all is written; its outcome."""
+        self._queue.put(_Terminal(event, fields, mode))
         self._thread.join(wait_s)
         return self.final
 
@@ -87,18 +107,22 @@ class EventPublisher:
         except BaseException as exc:  # the thread must record why it stopped, whatever it was
             self.failure = exc
             self.ended.set()
-            logger.exception("event publisher stopped", extra={"job_id": self._job_id})
+            self._drain()  # a producer blocked on the full queue must wake up and see ``ended``
+            if isinstance(exc, PublisherUnavailable):
+                logger.error("event publisher stopped: %s", exc, extra={"job_id": self._job_id})
+            else:
+                logger.exception("event publisher stopped", extra={"job_id": self._job_id})
 
     def _send(self, batch: list[bytes | _Terminal]) -> bool:
         """Write one batch; True once the job's log is closed (terminal written or found)."""
         last = batch[-1]
         terminal = last if isinstance(last, _Terminal) else None
         events = [item.event if isinstance(item, _Terminal) else item for item in batch]
-        result = self._append(events, terminal.fields if terminal else None)
+        result = self._append(events, terminal.fields if terminal else None, terminal.mode if terminal else Mode.EVENT)
         if result.outcome is Outcome.LIMIT_REACHED:
             message = f"the job exceeded its limit of {self._max_events} events"
             fields = terminal_fields(JobStatus.FAILED, now_ms(), None, ErrorInfo(code=EVENT_LIMIT, message=message))
-            result = self._append([error_event(EVENT_LIMIT, message)], fields)
+            result = self._append([error_event(EVENT_LIMIT, message)], fields, Mode.TERMINAL)
             terminal = _Terminal(b"", fields)
         self.last_seq = result.last_seq
         if terminal is None and result.outcome in (Outcome.APPENDED, Outcome.DUPLICATE):
@@ -108,7 +132,7 @@ class EventPublisher:
         self._drain()
         return True
 
-    def _append(self, events: list[bytes], fields: dict[str, bytes] | None) -> AppendResult:
+    def _append(self, events: list[bytes], fields: dict[str, bytes] | None, mode: Mode) -> AppendResult:
         self._batches += 1
         args = append_args(
             events,
@@ -116,6 +140,8 @@ class EventPublisher:
             max_events=self._max_events,
             retention_s=self._retention_s,
             terminal_fields=fields,
+            mode=mode,
+            token=self._token,
         )
         deadline = time.monotonic() + self._redis_outage_s
         delay_s = 0.05
@@ -125,7 +151,9 @@ class EventPublisher:
             except RETRYABLE as exc:
                 if time.monotonic() + delay_s > deadline:
                     raise PublisherUnavailable(f"Redis unreachable for {self._redis_outage_s:.0f} s") from exc
-                logger.warning("Redis unreachable, retrying the append in %.2f s", delay_s)
+                logger.warning(
+                    "Redis unreachable, retrying the append in %.2f s", delay_s, extra={"job_id": self._job_id}
+                )
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, 1.0)
 

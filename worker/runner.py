@@ -1,25 +1,47 @@
 """Runs one invocation inside a work horse, from "started" to exactly one terminal event.
 
-Order of a run: mark the job started (unless it was canceled while queued), check secrets,
-prepare the workspace and its input files, iterate the function under its deadline while the
-publisher streams each event, store output files (their ``files`` event comes before the
-terminal one), then write the terminal event with the job's final record fields.
+Order of a run: mark the job started (unless it was canceled while queued, or the execution
+was superseded), check secrets, prepare the workspace and its input files, iterate the function
+under its deadline while the publisher streams each event, store output files (their
+``files`` event comes before the terminal one), then write the terminal event with the job's
+final record fields.
+
+Retries: when the function raised (``UNEXPECTED_ERROR``) and the execution's attempt is not
+its last, the runner writes a ``retry`` event instead of the error and the worker puts the job
+back on the queue (``factory.reaper``); the stream goes on in the same log with the next
+attempt's events. Timeouts, cancels, invalid events and missing secrets are never retried.
+
+If Redis stays away longer than ``redis_outage_s`` the function is stopped, and the job ends
+with ``REDIS_UNAVAILABLE`` as soon as Redis answers again.
 """
 
 import logging
 import os
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis
 
+from factory import reaper
 from factory.catalog import Catalog
-from factory.eventlog import START_LUA
+from factory.connections import RETRYABLE
+from factory.eventlog import (
+    APPEND_LUA,
+    START_LUA,
+    Mode,
+    append_keys,
+    parse_append,
+    retry_event,
+    retry_fields,
+    terminal_error_args,
+)
 from factory.events import (
     INVALID_EVENT,
     MISSING_SECRET,
+    REDIS_UNAVAILABLE,
     TIMEOUT,
     UNEXPECTED_ERROR,
     ErrorInfo,
@@ -38,7 +60,7 @@ from worker.deadline import DeadlineExceeded, deadline
 from worker.files import FileBridge, FileError
 from worker.invoke import iterate
 from worker.loader import LoadedPrefabs
-from worker.publisher import EventPublisher
+from worker.publisher import EventPublisher, PublisherUnavailable
 from worker.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -55,10 +77,20 @@ class WorkerRuntime:
     secrets: dict[str, str]
     files: FileBridge
     worker_name: str = ""
+    # Executions the worker process claimed, by job id, read by the work horse it forks next.
+    claims: dict[str, reaper.Claim] = field(default_factory=dict)
 
 
 class _Stop(Exception):
     """The job's log closed under the function (canceled, or a limit was hit)."""
+
+
+@dataclass(frozen=True)
+class _End:
+    """How the function's run ended: the terminal event to write, and whether another attempt may follow."""
+
+    event: bytes
+    retryable: bool = False
 
 
 def _terminal_for(raw: bytes) -> dict[str, bytes]:
@@ -70,21 +102,26 @@ def _terminal_for(raw: bytes) -> dict[str, bytes]:
     return terminal_fields(status, now_ms(), None, ErrorInfo(code=event.error_code or "ERROR", message=message))
 
 
-def _error(code: str, message: str) -> bytes:
-    return error_event(code, message)
+def _will_retry(end: _End, claim: reaper.Claim) -> bool:
+    return end.retryable and claim.attempt < claim.max_attempts
+
+
+def _error(code: str, message: str) -> _End:
+    return _End(error_event(code, message))
 
 
 class InvocationRunner:
-    def __init__(self, runtime: WorkerRuntime, request: InvocationRequest, attempt: int = 1) -> None:
+    def __init__(self, runtime: WorkerRuntime, request: InvocationRequest, claim: reaper.Claim | None = None) -> None:
         self.runtime = runtime
         self.request = request
-        self.attempt = attempt
+        self.claim = claim
         self.workspace = Workspace(runtime.settings.state_dir, request.job_id)
 
     def run(self) -> None:
-        """Run the job to its terminal event; never raises for a failure of the prefab."""
-        if not self._mark_started():
-            logger.info("job already ended before it started; skipping")
+        """Run the job to its terminal event (or its retry); never raises for a failure of the prefab."""
+        claim = self.claim or self._claim_untracked()
+        if claim is None or not self._mark_started(claim):
+            logger.info("job already ended, or belongs to another execution; skipping")
             return
         settings = self.runtime.settings
         publisher = EventPublisher(
@@ -93,33 +130,74 @@ class InvocationRunner:
             max_events=settings.max_events_per_job,
             retention_s=settings.retention_s,
             redis_outage_s=settings.redis_outage_s,
+            token=claim.token,
         )
         try:
-            terminal = self._run_function(publisher)
-            if terminal is not None and not publisher.ended.is_set():
-                publisher.finish(terminal, _terminal_for(terminal))
+            end = self._run_function(publisher, claim)
         finally:
+            # Removed before the terminal event, so a caller who sees the job end never finds it.
             self.workspace.remove()
-        if publisher.failure is not None:
+        if end is not None and not publisher.ended.is_set():
+            self._finish(publisher, claim, end)
+        if isinstance(publisher.failure, PublisherUnavailable):
+            self._end_unavailable(claim, publisher.last_seq)
+        elif publisher.failure is not None:
             logger.error("job's events could not all be written: %s", publisher.failure)
 
-    def _mark_started(self) -> bool:
+    def _claim_untracked(self) -> reaper.Claim | None:
+        """Claim here when no worker process did (a worker that does not fork): no heartbeat then."""
+        max_attempts = self.request.retries + 1
+        return reaper.claim(self.runtime.redis, self.request.job_id, max_attempts, lost_after_s=0, track=False)
+
+    def _mark_started(self, claim: reaper.Claim) -> bool:
         script = self.runtime.redis.register_script(START_LUA)
         fields: dict[str, bytes] = {
             "status": orjson.dumps(JobStatus.STARTED.value),
             "started_ms": orjson.dumps(now_ms()),
             "worker": orjson.dumps(self.runtime.worker_name),
-            "attempt": orjson.dumps(self.attempt),
         }
-        args = [item for pair in fields.items() for item in pair]
+        args = [claim.token.encode(), *(item for pair in fields.items() for item in pair)]
         return int(script(keys=[job_key(self.request.job_id)], args=args)) == 1
+
+    def _finish(self, publisher: EventPublisher, claim: reaper.Claim, end: _End) -> None:
+        """Write the last event: the terminal one, or ``retry`` when another attempt follows."""
+        if not _will_retry(end, claim):
+            publisher.finish(end.event, _terminal_for(end.event))
+            return
+        error = decode(end.event)
+        reason = error.data if isinstance(error.data, str) else orjson.dumps(error.data).decode()
+        code = error.error_code or UNEXPECTED_ERROR
+        event = retry_event(claim.attempt + 1, claim.max_attempts, code, reason)
+        publisher.finish(event, retry_fields(claim.token, claim.attempt + 1), Mode.RETRY)
+        logger.warning("attempt %d of %d failed (%s); retrying", claim.attempt, claim.max_attempts, code)
+
+    def _end_unavailable(self, claim: reaper.Claim, last_seq: int) -> None:
+        """End the job with ``REDIS_UNAVAILABLE``, waiting as long as it takes for Redis to answer."""
+        message = (
+            f"Redis was unreachable for more than {self.runtime.settings.redis_outage_s:g} s, so the job was stopped; "
+            f"events after seq {last_seq} may be missing"
+        )
+        args = terminal_error_args(
+            REDIS_UNAVAILABLE, message, retention_s=self.runtime.settings.retention_s, token=claim.token
+        )
+        script = self.runtime.redis.register_script(APPEND_LUA)
+        delay_s = 0.1
+        while True:
+            try:
+                result = parse_append(script(keys=append_keys(self.request.job_id), args=args))
+            except RETRYABLE:
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+                continue
+            logger.error("job stopped: Redis unreachable too long (append: %s)", result.outcome.name)
+            return
 
     def _spec(self) -> FunctionSpec:
         target = self.runtime.catalog.resolve(self.request.prefab_id, self.request.function_name)
         return target.function
 
-    def _run_function(self, publisher: EventPublisher) -> bytes | None:
-        """Everything between "started" and the terminal event; returns that event."""
+    def _run_function(self, publisher: EventPublisher, claim: reaper.Claim) -> _End | None:
+        """Everything between "started" and the terminal event; returns how it ended (None: the log closed)."""
         spec = self._spec()
         function = self.runtime.prefabs.functions.get((self.request.prefab_id, spec.name))
         if function is None:
@@ -143,12 +221,13 @@ class InvocationRunner:
             os.environ.update(saved_env)
         if terminal is None or publisher.ended.is_set():
             return None
-        try:
-            files_event = self.runtime.files.store_outputs(self.request, self.workspace)
-        except FileError as exc:
-            return _error(exc.code, str(exc))
-        if files_event is not None:
-            publisher.publish(files_event)
+        if not _will_retry(terminal, claim):  # a failed attempt that runs again keeps no outputs
+            try:
+                files_event = self.runtime.files.store_outputs(self.request, self.workspace)
+            except FileError as exc:
+                return _error(exc.code, str(exc))
+            if files_event is not None:
+                publisher.publish(files_event)
         return terminal
 
     def _secrets(self, spec: FunctionSpec) -> tuple[dict[str, str], list[str]]:
@@ -162,8 +241,8 @@ class InvocationRunner:
                 missing.append(secret.name)
         return values, missing
 
-    def _iterate(self, function: Any, publisher: EventPublisher) -> bytes | None:
-        """Iterate under the deadline; the terminal event to write, or None if the log closed."""
+    def _iterate(self, function: Any, publisher: EventPublisher) -> _End | None:
+        """Iterate under the deadline; how the function ended, or None if the log closed."""
         max_bytes = self.runtime.settings.max_event_bytes
         values = iterate(function, self.request.inputs)
         try:
@@ -175,7 +254,7 @@ class InvocationRunner:
                     if len(raw) > max_bytes:
                         raise InvalidEvent(f"event of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
                     if is_terminal(event_type):
-                        return raw
+                        return _End(raw)
                     publisher.publish(raw)
         except _Stop:
             return None
@@ -185,7 +264,7 @@ class InvocationRunner:
             return _error(INVALID_EVENT, str(exc))
         except Exception as exc:  # the prefab raised: report it, keep the worker alive
             logger.error("prefab raised:\n%s", traceback.format_exc())
-            return _error(UNEXPECTED_ERROR, f"{type(exc).__name__}: {exc}")
+            return _End(error_event(UNEXPECTED_ERROR, f"{type(exc).__name__}: {exc}"), retryable=True)
         finally:
             values.close()
-        return orjson.dumps({"type": "done", "data": None})
+        return _End(orjson.dumps({"type": "done", "data": None}))

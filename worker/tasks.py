@@ -24,4 +24,4 @@ def run_invocation(payload: dict[str, object]) -> None:
         raise RuntimeError("worker runtime not installed (start workers with `factory worker`)")
     request = InvocationRequest.model_validate(payload)
     with job_context(request.job_id):
-        InvocationRunner(_runtime, request).run()
+        InvocationRunner(_runtime, request, _runtime.claims.get(request.job_id)).run()

@@ -90,6 +90,28 @@ def die(after: int = 2) -> Iterator[dict[str, Any]]:
     yield {"type": "done", "data": {}}
 
 
+def flaky(marker: str, failures: int = 1) -> Iterator[dict[str, Any]]:
+    path = Path(marker)
+    attempt = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(attempt))
+    yield {"type": "start", "data": {"attempt": attempt}}
+    if attempt <= failures:
+        raise RuntimeError(f"flaky failure on attempt {attempt}")
+    yield {"type": "done", "data": {"attempt": attempt}}
+
+
+def die_once(marker: str, after: int = 2) -> Iterator[dict[str, Any]]:
+    path = Path(marker)
+    first = not path.exists()
+    path.touch()
+    for i in range(after):
+        yield {"type": "progress", "data": {"current": i + 1, "first": first}}
+    if first:
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    yield {"type": "done", "data": {"first": first}}
+
+
 def typed(
     text: str,
     mode: str = "fast",
@@ -100,3 +122,37 @@ def typed(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {"text": text, "mode": mode, "ratio": ratio, "count": count, "flag": flag, "tags": tags, "options": options}
+
+
+OUTPUTS = Path("data") / "outputs"
+
+
+def write_outputs(names: list[str], text: str = "hello") -> dict[str, Any]:
+    for name in names:
+        path = OUTPUTS / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return {"written": names}
+
+
+def stream_outputs(count: int) -> Iterator[dict[str, Any]]:
+    yield {"type": "start", "data": {"count": count}}
+    for i in range(count):
+        yield {"type": "progress", "data": {"current": i + 1}}
+    (OUTPUTS / "count.txt").write_text(str(count), encoding="utf-8")
+    yield {"type": "done", "data": {"count": count}}
+
+
+def symlink_output() -> dict[str, Any]:
+    (OUTPUTS / "passwd").symlink_to("/etc/passwd")
+    return {"linked": True}
+
+
+def list_inputs() -> Iterator[dict[str, Any]]:
+    yield {"type": "start", "data": {}}
+    inputs = Path("data") / "inputs"
+    groups = {
+        group.name: {f.name: f.read_bytes().decode("utf-8", errors="replace") for f in sorted(group.iterdir())}
+        for group in sorted(inputs.iterdir())
+    }
+    yield {"type": "done", "data": groups}

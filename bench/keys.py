@@ -1,0 +1,24 @@
+"""Redis names used by the bench's own baselines (the factory's come from ``factory.keys``).
+
+Kept in one place for the same reason as ``factory/keys.py``: no key literal elsewhere.
+"""
+
+NAMESPACE = "bench"
+
+
+def marks_key(system: str) -> str:
+    """List of ``"<sent_ns> <start_ns> <end_ns>"`` lines pushed by baseline tasks of ``system``."""
+    return f"{NAMESPACE}:marks:{system}"
+
+
+def pubsub_channel() -> str:
+    """Channel of the raw publish → subscribe ceiling."""
+    return f"{NAMESPACE}:pubsub"
+
+
+def rq_queue() -> str:
+    return f"{NAMESPACE}-rq"
+
+
+def celery_queue() -> str:
+    return f"{NAMESPACE}-celery"

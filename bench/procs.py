@@ -1,0 +1,182 @@
+"""The processes a run starts: one redis-server, and gateways, workers and baseline servers.
+
+Everything runs on the loopback. Children start in sessions of their own (so a worker and its
+work horses can be stopped together) with the bench's raised open-file limit, and each writes
+its log under the run's work directory. :class:`Cluster` remembers what it started and stops
+exactly that, newest first.
+"""
+
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from factory.embedded_redis import HOST, EmbeddedRedis, free_port
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_PREFABS = Path(__file__).resolve().parent / "prefabs"
+READY_TIMEOUT_S = 60.0
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one (inherited by every child); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of one process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL to its process group (its work horses too) if it will not go."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %g s; killing its process group", self.name, timeout_s)
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(5)
+
+
+@dataclass
+class Cluster:
+    """One run's Redis and the processes started against it."""
+
+    workdir: Path
+    redis: EmbeddedRedis | None = None
+    procs: list[Proc] = field(default_factory=list)
+    _next_db: int = 1
+
+    def start_redis(self) -> None:
+        # The factory's own persistence settings (AOF every second), as `factory up` runs it.
+        self.redis = EmbeddedRedis(self.workdir / "redis-state", extra_config=["databases 64"])
+        self.redis.start()
+
+    def new_db(self) -> str:
+        """A Redis URL on a database no earlier scenario used."""
+        assert self.redis is not None
+        db = self._next_db
+        self._next_db += 1
+        return f"redis://{HOST}:{self.redis.port}/{db}"
+
+    def _env(self, redis_url: str, extra: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_") and k != "REDIS_URL"}
+        env.update(
+            {
+                "REDIS_URL": redis_url,
+                "FACTORY_PREFABS": str(BENCH_PREFABS),
+                "FACTORY_STATE_DIR": str(self.workdir / "state"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str], port: int = 0) -> Proc:
+        log_path = self.workdir / f"{name}-{len(self.procs)}.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log_path, port)
+        self.procs.append(proc)
+        return proc
+
+    def start_gateway(self, redis_url: str, **extra: str) -> Proc:
+        port = free_port()
+        env = self._env(redis_url, {"FACTORY_HOST": HOST, "FACTORY_PORT": str(port), **extra})
+        proc = self.spawn("gateway", ["-m", "gateway"], env, port)
+        wait_http(proc, "/readyz")
+        return proc
+
+    def start_workers(self, redis_url: str, count: int, **extra: str) -> list[Proc]:
+        """Start ``count`` workers at once and return when each listens on its queue."""
+        procs = [self.spawn("worker", ["-m", "worker"], self._env(redis_url, extra)) for _ in range(count)]
+        for proc in procs:
+            wait_log(proc, "Listening on")
+        return procs
+
+    def start_module(self, name: str, module: str, args: list[str], redis_url: str, *, port: int = 0) -> Proc:
+        """A bench helper process (baseline server or worker) run as ``python -m module args``."""
+        return self.spawn(name, ["-m", module, *args], self._env(redis_url, {}), port)
+
+    def stop(self, procs: list[Proc]) -> None:
+        for proc in reversed(procs):
+            proc.stop()
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        self.stop(list(self.procs))
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+
+def wait_http(proc: Proc, path: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited:\n{proc.log()[-3000:]}")
+        try:
+            if httpx.get(proc.url + path, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} did not answer {path}:\n{proc.log()[-3000:]}")
+
+
+def wait_log(proc: Proc, needle: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while needle not in proc.log():
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} did not start:\n{proc.log()[-3000:]}")
+        time.sleep(0.05)

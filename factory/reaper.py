@@ -1,0 +1,196 @@
+"""Executions of a job and what happens when one stops without ending its stream.
+
+A worker *claims* a job before running it (:func:`claim`): the job gets a fresh execution
+token and its attempt number, and the execution a heartbeat in ``keys.running_jobs_key()``,
+a sorted set scored by the time (ms) the heartbeat lapses. The worker process (not its work
+horse) refreshes it while the horse runs (:func:`refresh`).
+
+When an execution stops, :func:`settle` makes sure its job is not left hanging: the job
+already ended (the usual case), or its horse asked for a retry and the job goes back on the RQ
+queue, or nothing closed the stream (the horse died, the worker was shut down) and the job is
+retried when it has attempts left, else ends with ``WORKER_LOST`` / ``WORKER_SHUTDOWN``. The
+worker settles its own executions as soon as its horse exits; :func:`reap_once`, run
+periodically by every worker, settles those whose worker vanished with it (lapsed heartbeat).
+Settling is idempotent (every write is fenced by the token, see ``factory.eventlog``, and a
+requeue checks the job is not queued already), and the execution leaves the running set only
+once it is settled, so a settle cut short (a crash, Redis gone) is finished by the next pass.
+
+RQ's own StartedJobRegistry cleanup does not fight this: jobs are enqueued without RQ retries,
+so RQ at most marks an abandoned job ``failed`` in its own registry, which :func:`requeue`
+undoes when the factory decides the job runs again. Heartbeats are compared with each
+process's clock; a Redis that restarted less than ``worker_lost_after_s`` ago reaps nothing,
+since nobody could send heartbeats while it was down.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from factory import keys
+from factory.connections import RETRYABLE
+from factory.eventlog import (
+    APPEND_LUA,
+    CLAIM_LUA,
+    RETRY_PREFIX,
+    Outcome,
+    append_keys,
+    parse_append,
+    retry_args,
+    terminal_error_args,
+)
+from factory.events import WORKER_LOST
+from factory.jobs import now_ms
+from factory.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REAP_BATCH = 100
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One execution (attempt) of a job, as claimed by a worker."""
+
+    job_id: str
+    token: str
+    attempt: int
+    max_attempts: int
+
+    @property
+    def member(self) -> str:
+        """The execution's member of the running set."""
+        return f"{self.job_id}:{self.token}"
+
+
+class Settled(StrEnum):
+    """What :func:`settle` found or did."""
+
+    ENDED = "ended"  # the stream already has its terminal event
+    REQUEUED = "requeued"  # the horse asked for a retry; the job is back on the queue
+    RETRIED = "retried"  # the execution was lost; a retry event was written and the job requeued
+    FAILED = "failed"  # the execution was lost with no attempt left; the terminal error was written
+    SUPERSEDED = "superseded"  # a later execution owns the job now
+    GONE = "gone"  # the job's record (or RQ job) no longer exists
+
+
+def _deadline_ms(lost_after_s: float) -> int:
+    return now_ms() + int(lost_after_s * 1000)
+
+
+def claim(
+    client: redis.Redis, job_id: str, max_attempts: int, lost_after_s: float, *, track: bool = True
+) -> Claim | None:
+    """Claim the job for a new execution; None when it ended already or is unknown.
+
+    ``track``: register the execution's heartbeat, which the caller must then refresh.
+    """
+    token = uuid.uuid4().hex
+    member = f"{job_id}:{token}" if track else ""
+    script = client.register_script(CLAIM_LUA)
+    reply = script(
+        keys=[keys.job_key(job_id), keys.running_jobs_key()],
+        args=[token, member, _deadline_ms(lost_after_s), max_attempts],
+    )
+    attempt = int(reply)
+    return Claim(job_id, token, attempt, max_attempts) if attempt >= 1 else None
+
+
+def refresh(client: redis.Redis, claim: Claim, lost_after_s: float) -> None:
+    """Push the execution's heartbeat deadline forward (never re-adds one that was reaped)."""
+    client.zadd(keys.running_jobs_key(), {claim.member: _deadline_ms(lost_after_s)}, xx=True)
+
+
+def release(client: redis.Redis, claim: Claim) -> bool:
+    """Take the execution out of the running set; False when a reaper took it first."""
+    return int(client.zrem(keys.running_jobs_key(), claim.member)) == 1
+
+
+def settle(client: redis.Redis, settings: Settings, job_id: str, token: str, code: str, message: str) -> Settled:
+    """Make sure execution ``token`` of the job leaves it ended or queued again; see the module docstring.
+
+    ``code`` and ``message`` say why the execution stopped, for when nothing closed its stream.
+    """
+    fields = client.hmget(keys.job_key(job_id), ["execution", "terminal", "attempt", "max_attempts"])
+    execution, terminal, attempt, max_attempts = fields
+    if terminal is not None:
+        return Settled.ENDED
+    current = execution.decode() if isinstance(execution, bytes) else ""
+    if current == RETRY_PREFIX + token:
+        return Settled.REQUEUED if requeue(client, settings.queue_name, job_id) else Settled.GONE
+    if current != token:
+        return Settled.GONE if execution is None and attempt is None else Settled.SUPERSEDED
+    attempt_n = int(attempt or 1)
+    max_n = int(max_attempts or 1)
+    script = client.register_script(APPEND_LUA)
+    if attempt_n < max_n:
+        args = retry_args(token, attempt_n + 1, max_n, code, message, retention_s=settings.retention_s)
+        result = parse_append(script(keys=append_keys(job_id), args=args))
+        if result.outcome is not Outcome.APPENDED:
+            return Settled.ENDED
+        return Settled.RETRIED if requeue(client, settings.queue_name, job_id) else Settled.GONE
+    args = terminal_error_args(code, message, retention_s=settings.retention_s, token=token)
+    result = parse_append(script(keys=append_keys(job_id), args=args))
+    return Settled.FAILED if result.outcome is Outcome.APPENDED else Settled.ENDED
+
+
+def requeue(client: redis.Redis, queue_name: str, job_id: str) -> bool:
+    """Put the RQ job back on its queue, out of RQ's started, failed and finished registries."""
+    queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
+    try:
+        job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+    except NoSuchJobError:
+        logger.error("cannot requeue: RQ no longer has the job", extra={"job_id": job_id})
+        return False
+    if job.get_status(refresh=False) == JobStatus.QUEUED and client.lpos(queue.key, job_id) is not None:
+        return True  # someone requeued it already
+    started = queue.started_job_registry.key
+    stale = list(client.zscan_iter(started, match=f"{job_id}:*"))
+    with client.pipeline() as pipe:
+        queue.failed_job_registry.remove(job, pipeline=pipe)
+        queue.finished_job_registry.remove(job, pipeline=pipe)
+        if stale:
+            pipe.zrem(started, *(member for member, _ in stale))
+        pipe.execute()
+    job.started_at = None
+    job.ended_at = None
+    queue.enqueue_job(job)  # its own transaction: RQ's dependency check needs a fresh pipeline
+    return True
+
+
+def reap_once(client: redis.Redis, settings: Settings, owner: str) -> int:
+    """Settle the executions whose heartbeat lapsed (at most one process per interval does it)."""
+    interval_ms = max(100, int(settings.worker_heartbeat_s * 1000))
+    if not client.set(keys.reaper_lock_key(), owner, nx=True, px=interval_ms):
+        return 0
+    lapsed: list[bytes] = client.zrangebyscore(  # type: ignore[assignment]
+        keys.running_jobs_key(), "-inf", now_ms(), start=0, num=REAP_BATCH
+    )
+    if not lapsed:
+        return 0
+    uptime_s = int(client.info("server").get("uptime_in_seconds", 0))
+    if uptime_s < settings.worker_lost_after_s:
+        logger.info("Redis restarted %d s ago; giving %d lapsed heartbeats time to resume", uptime_s, len(lapsed))
+        return 0
+    reaped = 0
+    message = f"the worker running this job stopped sending heartbeats for {settings.worker_lost_after_s:g} s"
+    for raw in lapsed:
+        member = raw.decode()
+        job_id, _, token = member.partition(":")
+        try:
+            outcome = settle(client, settings, job_id, token, WORKER_LOST, message)
+        except RETRYABLE:
+            raise
+        except Exception:  # one job's broken state must not keep the others lost; the next pass tries again
+            logger.exception("settling lost execution %s failed", token, extra={"job_id": job_id})
+            continue
+        client.zrem(keys.running_jobs_key(), member)
+        logger.warning("lost execution %s: %s", token, outcome.value, extra={"job_id": job_id})
+        reaped += 1
+    return reaped

@@ -1,0 +1,29 @@
+"""The gateway's periodic retention sweep of stored files and stale workspaces (``factory.retention``).
+
+Every gateway runs the loop; a Redis lock lets one of them sweep the shared storage per
+interval, while each sweeps the workspaces of its own ``state_dir`` (the one ``factory up``
+and a compose volume share with the workers).
+"""
+
+import asyncio
+import logging
+
+import redis
+
+from factory.retention import sweep_once
+from factory.settings import Settings
+from factory.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+async def sweep_forever(settings: Settings, storage: Storage, client: redis.Redis) -> None:
+    """Sweep every ``sweep_interval_s``, until canceled."""
+    while True:
+        await asyncio.sleep(settings.sweep_interval_s)
+        try:
+            await asyncio.to_thread(
+                sweep_once, storage, client, settings.state_dir, settings.retention_s, settings.sweep_interval_s
+            )
+        except Exception:  # a failed round (storage or Redis away) must not end the loop
+            logger.exception("retention sweep failed")

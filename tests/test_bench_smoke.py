@@ -1,0 +1,41 @@
+"""The benchmark runs end to end at its smallest sizes and reports every event delivered.
+
+Only the shape of its JSON and the no-loss counts are checked: timing is the benchmark's
+business, never a test's.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_quick_benchmark_delivers_every_event(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    scenarios = ["--only", "one-stream", "--only", "many-jobs"]
+    command = [sys.executable, "-m", "bench", "--quick", *scenarios, "--json", str(out)]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    results = json.loads(out.read_text())
+    assert results["meta"]["mode"] == "quick"
+    assert set(results["scenarios"]) >= {"one-stream", "many-jobs", "baselines"}
+    for name in ("one-stream", "many-jobs"):
+        scenario = results["scenarios"][name]
+        assert scenario["error"] is None
+        assert scenario["figures"], name
+        for figure in scenario["figures"]:
+            assert {"name", "value", "unit", "baseline_value", "ratio", "target", "holds"} <= set(figure)
+        assert scenario["details"]["lost"] == 0
+        assert scenario["details"]["repeated"] == 0
+        assert scenario["details"]["out_of_order"] == 0
+    many = results["scenarios"]["many-jobs"]["details"]
+    assert many["jobs"] == 100
+    assert many["not_done"] == 0
+    assert many["events_received"] == many["jobs"] * (many["events_per_job"] + 1)

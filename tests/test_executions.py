@@ -1,0 +1,113 @@
+"""Executions against a real Redis, without processes: claims, fencing, settling, the reaper."""
+
+import orjson
+import pytest
+import redis
+from rq import Queue
+from rq.job import JobStatus as RQStatus
+from rq.serializers import JSONSerializer
+
+from factory import keys, reaper
+from factory.eventlog import APPEND_LUA, Outcome, append_args, append_keys, parse_append
+from factory.events import WORKER_LOST
+from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
+from factory.settings import Settings
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def _new_job(client: redis.Redis, settings: Settings, retries: int = 0) -> str:
+    """A queued job as the gateway leaves it: record plus RQ job."""
+    job_id = new_job_id()
+    record = JobRecord(
+        job_id=job_id, prefab_id="behaviours", function_name="counter", status=JobStatus.QUEUED, created_ms=now_ms()
+    )
+    client.hset(keys.job_key(job_id), mapping=record.to_hash())  # type: ignore[arg-type]
+    request = InvocationRequest(
+        job_id=job_id,
+        prefab_id="behaviours",
+        function_name="counter",
+        inputs={"count": 1},
+        timeout_s=10,
+        retries=retries,
+        created_ms=now_ms(),
+    )
+    queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
+    queue.enqueue_call("worker.tasks.run_invocation", args=[request.model_dump(mode="json")], job_id=job_id)
+    return job_id
+
+
+def _append(client: redis.Redis, job_id: str, token: str) -> Outcome:
+    script = client.register_script(APPEND_LUA)
+    args = append_args([b'{"type":"progress"}'], retention_s=60, token=token)
+    return parse_append(script(keys=append_keys(job_id), args=args)).outcome
+
+
+def _record(client: redis.Redis, job_id: str) -> JobRecord:
+    return JobRecord.from_hash(client.hgetall(keys.job_key(job_id)))  # type: ignore[arg-type]
+
+
+def _log(client: redis.Redis, job_id: str) -> list[dict[str, object]]:
+    return [orjson.loads(raw) for raw in client.lrange(keys.events_key(job_id), 0, -1)]  # type: ignore[union-attr]
+
+
+def test_a_superseded_execution_cannot_write(client: redis.Redis, settings: Settings) -> None:
+    job_id = _new_job(client, settings)
+    first = reaper.claim(client, job_id, 1, lost_after_s=30)
+    second = reaper.claim(client, job_id, 1, lost_after_s=30)
+    assert first is not None and second is not None and first.attempt == second.attempt == 1
+    assert _append(client, job_id, first.token) is Outcome.SUPERSEDED
+    assert _append(client, job_id, second.token) is Outcome.APPENDED
+    assert _append(client, job_id, "") is Outcome.APPENDED  # unfenced writers (cancel) always may
+
+
+def test_settling_a_lost_execution_is_idempotent(client: redis.Redis, settings: Settings) -> None:
+    job_id = _new_job(client, settings)
+    claim = reaper.claim(client, job_id, 1, lost_after_s=30)
+    assert claim is not None
+    assert reaper.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is reaper.Settled.FAILED
+    assert reaper.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is reaper.Settled.ENDED
+    assert [e["error_code"] for e in _log(client, job_id)] == [WORKER_LOST]
+    record = _record(client, job_id)
+    assert record.status is JobStatus.FAILED and record.error is not None and record.error.code == WORKER_LOST
+    assert reaper.claim(client, job_id, 1, lost_after_s=30) is None  # an ended job is never claimed again
+
+
+def test_a_lost_execution_with_attempts_left_is_requeued(client: redis.Redis, settings: Settings) -> None:
+    job_id = _new_job(client, settings, retries=1)
+    queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
+    assert queue.pop_job_id() == job_id  # a worker took it
+    claim = reaper.claim(client, job_id, 2, lost_after_s=30)
+    assert claim is not None
+    assert reaper.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is reaper.Settled.RETRIED
+    assert reaper.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is reaper.Settled.REQUEUED
+    assert queue.get_job_ids() == [job_id]  # once, however often it is settled
+    assert queue.fetch_job(job_id).get_status() == RQStatus.QUEUED  # type: ignore[union-attr]
+    (retry,) = _log(client, job_id)
+    assert retry["type"] == "retry" and retry["data"] == {
+        "attempt": 2,
+        "max_attempts": 2,
+        "error_code": WORKER_LOST,
+        "reason": "gone",
+    }
+    record = _record(client, job_id)
+    assert record.status is JobStatus.QUEUED and record.attempt == 2
+    assert _append(client, job_id, claim.token) is Outcome.SUPERSEDED
+    again = reaper.claim(client, job_id, 2, lost_after_s=30)
+    assert again is not None and again.attempt == 2
+
+
+def test_the_reaper_settles_only_lapsed_heartbeats(client: redis.Redis, settings: Settings) -> None:
+    settings = settings.model_copy(update={"worker_lost_after_s": 0.0, "worker_heartbeat_s": 0.05})
+    lapsed_job, live_job = _new_job(client, settings), _new_job(client, settings)
+    lapsed = reaper.claim(client, lapsed_job, 1, lost_after_s=-1)
+    live = reaper.claim(client, live_job, 1, lost_after_s=60)
+    assert lapsed is not None and live is not None
+    assert reaper.reap_once(client, settings, "test") == 1
+    assert _record(client, lapsed_job).status is JobStatus.FAILED
+    assert _record(client, live_job).status is JobStatus.QUEUED
+    assert client.zrange(keys.running_jobs_key(), 0, -1) == [live.member.encode()]
+    assert reaper.reap_once(client, settings, "test") == 0

@@ -1,0 +1,234 @@
+"""Every limit is a setting, answers with a clear error, and never costs another job its data.
+
+Queue length and retention run in-process against the real Redis; the stream limits, keep-alive,
+idle timeout and the worker's event limits run over real gateway and worker processes.
+"""
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from factory.settings import Settings
+from gateway.app import create_app
+from tests.shapes import assert_error
+from tests.stack import Stack, invoke, parse_frames, read_events, wait_status
+
+GOOD = {"function_name": "typed", "inputs": {"text": "hello"}}
+
+
+def test_full_queue_refuses_with_503_and_retry_after(settings: Settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"max_queue_length": 2}))) as client:
+        first = client.post("/invoke", json=GOOD).json()["job_id"]
+        second = client.post("/invoke", json=GOOD).json()["job_id"]
+        refused = client.post("/invoke", json=GOOD)
+        assert "queue is full" in assert_error(refused, 503, "SERVICE_UNAVAILABLE")["message"]
+        assert int(refused.headers["Retry-After"]) > 0
+        assert_error(client.post("/invoke/typed", json={"inputs": {"text": "a"}}), 503, "SERVICE_UNAVAILABLE")
+        assert_error(client.post("/invoke/counter", json={"inputs": {"count": 1}}), 503, "SERVICE_UNAVAILABLE")
+        jobs = client.get("/jobs").json()["jobs"]
+        assert {job["job_id"] for job in jobs} == {first, second}  # nothing half-made by the refusals
+        assert all(job["status"] == "queued" for job in jobs)
+        client.post(f"/jobs/{first}/cancel")  # leaves the queue, so there is room again
+        assert client.post("/invoke", json=GOOD).status_code == 202
+
+
+def test_retention_ends_an_ended_job_only(settings: Settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"retention_s": 1}))) as client:
+        ended = client.post("/invoke", json=GOOD).json()["job_id"]
+        waiting = client.post("/invoke", json=GOOD).json()["job_id"]
+        assert client.post(f"/jobs/{ended}/cancel").json()["status"] == "canceled"
+        assert client.get(f"/jobs/{ended}/events").status_code == 200  # the log is replayable until retention ends
+        time.sleep(1.6)
+        assert_error(client.get(f"/jobs/{ended}"), 404, "NOT_FOUND")
+        assert_error(client.get(f"/jobs/{ended}/events"), 404, "NOT_FOUND")
+        assert client.get(f"/jobs/{waiting}").json()["status"] == "queued"  # a job not ended is kept
+        assert [job["job_id"] for job in client.get("/jobs").json()["jobs"]] == [waiting]
+
+
+@pytest.mark.e2e
+def test_body_limit_over_a_real_socket(make_stack: Stack) -> None:
+    """uvicorn and the limit together: a chunked upload is cut off early, and the gateway serves on."""
+    gateway = make_stack.start_gateway(FACTORY_MAX_BODY_BYTES="1000")
+
+    def chunks(count: int) -> Iterator[bytes]:
+        yield b'{"function_name": "typed", "inputs": {"text": "'
+        for _ in range(count):
+            yield b"x" * 1000
+        yield b'"}}'
+
+    for count in (2, 3000):  # just over, and 3 MB the gateway never reads in full
+        response = httpx.post(f"{gateway.url}/invoke", content=chunks(count), timeout=10)
+        assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    declared = httpx.post(f"{gateway.url}/invoke", content=b"x" * 5000, headers={"Content-Type": "application/json"})
+    assert_error(declared, 413, "PAYLOAD_TOO_LARGE")
+    assert httpx.post(f"{gateway.url}/invoke", json=GOOD).status_code == 202
+
+
+@pytest.mark.e2e
+def test_retention_after_a_finished_job(make_stack: Stack) -> None:
+    make_stack.env["FACTORY_RETENTION_S"] = "1"
+    gateway = make_stack.start_gateway()
+    make_stack.start_worker()
+    job_id = invoke(gateway.url, "counter", {"count": 2})
+    _, events = read_events(f"{gateway.url}/jobs/{job_id}/events")
+    assert events[-1].type == "done"
+    assert wait_status(gateway.url, job_id, {"finished"})["output"] == {"count": 2}
+    time.sleep(1.6)
+    for path in ("", "/events"):
+        assert_error(httpx.get(f"{gateway.url}/jobs/{job_id}{path}"), 404, "NOT_FOUND")
+
+
+@contextmanager
+def open_stream(url: str) -> Iterator[httpx.Response]:
+    """An SSE response held open (its body not read) until the block ends."""
+    with httpx.stream("GET", url, timeout=10) as response:
+        assert response.status_code == 200, response.read()
+        yield response
+
+
+def _eventually_200(url: str) -> None:
+    """The gateway notices a closed reader within moments; until then it may still count it."""
+    deadline = time.monotonic() + 5
+    while True:
+        with httpx.stream("GET", url, timeout=10) as response:
+            if response.status_code == 200:
+                return
+        assert time.monotonic() < deadline, "the reader slot was never freed"
+        time.sleep(0.1)
+
+
+@pytest.mark.e2e
+def test_readers_per_job_limit(make_stack: Stack) -> None:
+    gateway = make_stack.start_gateway(FACTORY_MAX_READERS_PER_JOB="2")  # no worker: the jobs stay queued
+    job_id, other = invoke(gateway.url, "counter", {"count": 1}), invoke(gateway.url, "counter", {"count": 1})
+    url = f"{gateway.url}/jobs/{job_id}/events"
+    with ExitStack() as readers:
+        first = readers.enter_context(open_stream(url))
+        readers.enter_context(open_stream(url))
+        refused = httpx.get(url, timeout=10)
+        assert "maximum of 2 readers" in assert_error(refused, 503, "SERVICE_UNAVAILABLE")["message"]
+        assert int(refused.headers["Retry-After"]) > 0
+        with open_stream(f"{gateway.url}/jobs/{other}/events"):
+            pass  # another job's readers are counted apart
+        first.close()
+        _eventually_200(url)
+
+
+@pytest.mark.e2e
+def test_streams_per_gateway_limit(make_stack: Stack) -> None:
+    gateway = make_stack.start_gateway(FACTORY_MAX_STREAMS_PER_GATEWAY="2")
+    jobs = [invoke(gateway.url, "counter", {"count": 1}) for _ in range(3)]
+    with ExitStack() as readers:
+        first = readers.enter_context(open_stream(f"{gateway.url}/jobs/{jobs[0]}/events"))
+        readers.enter_context(open_stream(f"{gateway.url}/jobs/{jobs[1]}/events"))
+        refused = httpx.get(f"{gateway.url}/jobs/{jobs[2]}/events", timeout=10)
+        assert "maximum of 2 SSE streams" in assert_error(refused, 503, "SERVICE_UNAVAILABLE")["message"]
+        # The seed's streaming form is refused before it enqueues: no job is left that nobody can follow.
+        seed = httpx.post(f"{gateway.url}/invoke/counter", json={"inputs": {"count": 1}}, timeout=10)
+        assert_error(seed, 503, "SERVICE_UNAVAILABLE")
+        assert len(httpx.get(f"{gateway.url}/jobs").json()["jobs"]) == 3
+        assert httpx.get(f"{gateway.url}/jobs/{jobs[2]}").status_code == 200  # plain reads are not streams
+        first.close()
+        _eventually_200(f"{gateway.url}/jobs/{jobs[2]}/events")
+
+
+def _read_chunks(response: httpx.Response, seconds: float) -> list[bytes]:
+    chunks: list[bytes] = []
+    stop = time.monotonic() + seconds
+    for chunk in response.iter_raw():
+        chunks.append(chunk)
+        if time.monotonic() > stop:
+            break
+    return chunks
+
+
+@pytest.mark.e2e
+def test_quiet_stream_gets_keepalive_comments(make_stack: Stack) -> None:
+    gateway = make_stack.start_gateway(FACTORY_KEEPALIVE_S="0.2")
+    job_id = invoke(gateway.url, "counter", {"count": 1})  # no worker: the job stays quiet
+    with open_stream(f"{gateway.url}/jobs/{job_id}/events") as response:
+        chunks = _read_chunks(response, 1.2)
+    lines = b"".join(chunks).split(b"\n")
+    pings = [line for line in lines if line.startswith(b": ping")]
+    assert len(pings) >= 3, chunks
+    assert all(chunk.endswith(b"\n\n") for chunk in chunks)  # whole frames per write, pings too
+
+
+@pytest.mark.e2e
+def test_idle_reader_is_closed_and_may_come_back(make_stack: Stack) -> None:
+    gateway = make_stack.start_gateway(FACTORY_KEEPALIVE_S="0.2", FACTORY_IDLE_READER_TIMEOUT_S="1")
+    job_id = invoke(gateway.url, "counter", {"count": 1})
+    url = f"{gateway.url}/jobs/{job_id}/events"
+    started = time.monotonic()
+    status, events = read_events(url, timeout_s=10)
+    assert status == 200 and events == []
+    assert 0.9 <= time.monotonic() - started < 5
+    assert httpx.get(f"{gateway.url}/jobs/{job_id}").json()["status"] == "queued"  # the job is untouched
+    make_stack.start_worker()
+    _, events = read_events(url, timeout_s=10)  # the reader comes back and gets everything
+    assert [e.type for e in events][-1] == "done"
+
+
+@pytest.mark.e2e
+def test_event_count_limit_ends_the_job_and_keeps_its_events(make_stack: Stack) -> None:
+    make_stack.env["FACTORY_MAX_EVENTS_PER_JOB"] = "10"
+    gateway = make_stack.start_gateway()
+    make_stack.start_worker()
+    make_stack.start_worker()
+    chatty = invoke(gateway.url, "counter", {"count": 50, "delay_s": 0.01})
+    quiet = invoke(gateway.url, "counter", {"count": 3, "delay_s": 0.05})
+    _, events = read_events(f"{gateway.url}/jobs/{chatty}/events")
+    assert [e.seq for e in events] == list(range(1, 12))
+    assert [e.type for e in events] == ["start"] + ["progress"] * 9 + ["error"]
+    assert [e.event["data"]["current"] for e in events[1:10]] == list(range(1, 10))
+    assert events[-1].event["error_code"] == "EVENT_LIMIT_EXCEEDED"
+    assert "limit of 10 events" in events[-1].event["data"]
+    job = wait_status(gateway.url, chatty, {"failed"})
+    assert job["error"]["code"] == "EVENT_LIMIT_EXCEEDED" and job["last_event_id"] == 11
+    _, others = read_events(f"{gateway.url}/jobs/{quiet}/events")
+    assert [e.type for e in others] == ["start", "progress", "progress", "progress", "done"]
+
+
+@pytest.mark.e2e
+def test_event_size_limit_ends_the_job_and_keeps_its_events(make_stack: Stack) -> None:
+    make_stack.env["FACTORY_MAX_EVENT_BYTES"] = "1000"
+    gateway = make_stack.start_gateway()
+    make_stack.start_worker()
+    job_id = invoke(gateway.url, "counter", {"count": 3, "payload": "x" * 2000})
+    _, events = read_events(f"{gateway.url}/jobs/{job_id}/events")
+    assert [e.type for e in events] == ["start", "error"]
+    assert events[0].event["data"] == {"total": 3}
+    assert events[-1].event["error_code"] == "INVALID_EVENT"
+    assert "exceeds the limit of 1000 bytes" in events[-1].event["data"]
+    small = invoke(gateway.url, "counter", {"count": 2, "payload": "x" * 100})
+    _, events = read_events(f"{gateway.url}/jobs/{small}/events")
+    assert events[-1].type == "done"
+
+
+@pytest.mark.e2e
+def test_slow_reader_does_not_hold_up_the_others(make_stack: Stack) -> None:
+    """A reader that stops reading neither blocks the job nor another reader of it."""
+    gateway = make_stack.start_gateway()
+    make_stack.start_worker()
+    job_id = invoke(gateway.url, "counter", {"count": 300, "payload": "y" * 2000})
+    url = f"{gateway.url}/jobs/{job_id}/events"
+    with open_stream(url):  # never read
+        done = threading.Event()
+        seqs: list[int] = []
+
+        def reader() -> None:
+            with httpx.stream("GET", url, timeout=30) as response:
+                seqs.extend(e.seq for e in parse_frames(response.iter_lines()))
+            done.set()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        assert done.wait(30)
+        thread.join()
+    assert seqs == list(range(1, 303))
+    assert wait_status(gateway.url, job_id, {"finished"})["status"] == "finished"
