@@ -60,6 +60,11 @@ class Proc:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the process and its reaped children (a worker's work horses)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

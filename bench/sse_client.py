@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -53,9 +53,9 @@ class SSEProtocol(asyncio.Protocol):
         self._rest = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(self._request)
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -76,6 +76,13 @@ class SSEProtocol(asyncio.Protocol):
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._receive(data)
+        except Exception as exc:  # a malformed response ends this stream with the reason, never hangs it
+            self.stats.error = f"cannot parse the response: {type(exc).__name__}: {exc}"
+            self.close()
+
+    def _receive(self, data: bytes) -> None:
         buf = self._buf
         buf += data
         pos = 0

@@ -3,9 +3,10 @@ and stopped when the scenario is done (so no scenario's processes compete with t
 """
 
 import asyncio
+import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -15,16 +16,45 @@ from bench.procs import Proc
 from bench.sse_client import read_stream
 
 
+def _client_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _redis_cpu_s(client: aioredis.Redis) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 @dataclass
 class FactoryStack:
     url: str
     gateways: list[Proc]
     workers: list[Proc]
     redis: aioredis.Redis
+    _cpu_start: dict[str, float] = field(default_factory=dict)
 
     @property
     def gateway(self) -> Proc:
         return self.gateways[0]
+
+    async def _cpu_now(self) -> dict[str, float]:
+        return {
+            "gateways": sum(p.cpu_s() for p in self.gateways),
+            "workers": sum(p.cpu_s() for p in self.workers),
+            "redis": await _redis_cpu_s(self.redis),
+            "bench_client": _client_cpu_s(),
+        }
+
+    async def mark_cpu(self) -> None:
+        """Start counting CPU seconds per role from now."""
+        self._cpu_start = await self._cpu_now()
+
+    async def cpu_used_s(self) -> dict[str, float]:
+        """CPU seconds each role used since :meth:`mark_cpu` (workers include their work horses)."""
+        await asyncio.sleep(0.5)  # a horse's CPU is counted once its worker reaped it, just after its last event
+        now = await self._cpu_now()
+        return {role: round(now[role] - self._cpu_start.get(role, 0.0), 2) for role in now}
 
 
 async def run_job(ctx: Context, gateway: Proc, function_name: str, inputs: dict[str, object]) -> None:

@@ -67,6 +67,13 @@ class EventPrinter:
             self._content(streamed.data if isinstance(streamed.data, str) else json.dumps(streamed.data))
         elif streamed.type == "progress":
             self._progress(streamed.data)
+        elif streamed.type == "retry" and isinstance(streamed.data, dict):
+            self.close()  # the job starts over: a fresh bar and a fresh line
+            info = streamed.data
+            self.err.print(
+                f"[yellow]attempt {info.get('attempt')}/{info.get('max_attempts')} after "
+                f"{escape(str(info.get('error_code')))}: {escape(str(info.get('reason', ''))[:300])}[/yellow]"
+            )
         else:
             if streamed.type == "start" and isinstance(streamed.data, dict):
                 self.label = str(streamed.data.get("message") or self.label)

@@ -24,9 +24,10 @@ import orjson
 from httpx_sse import EventSource, SSEError
 from pydantic import BaseModel, ConfigDict, Field
 
+from factory.events import is_terminal
+
 logger = logging.getLogger(__name__)
 
-TERMINAL_TYPES = frozenset({"done", "error"})
 # Answers on which a reconnect is worth trying: the gateway or the Redis behind it is briefly away.
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
 
@@ -112,7 +113,7 @@ class StreamedEvent(BaseModel):
 
     @property
     def is_terminal(self) -> bool:
-        return self.type in TERMINAL_TYPES
+        return is_terminal(self.type)
 
 
 class _Retry(Exception):
@@ -161,6 +162,7 @@ class FactoryClient:
         inputs: dict[str, Any] | None = None,
         prefab_id: str | None = None,
         files: dict[str, list[str]] | None = None,
+        retries: int | None = None,
     ) -> InvokeAccepted:
         """Queue a call (``POST /invoke``); its events are read with :meth:`events`."""
         body: dict[str, Any] = {"function_name": function_name, "inputs": inputs or {}}
@@ -168,6 +170,8 @@ class FactoryClient:
             body["prefab_id"] = prefab_id
         if files:
             body["files"] = files
+        if retries is not None:
+            body["retries"] = retries
         return InvokeAccepted.model_validate(self._request("POST", "/invoke", json=body))
 
     def job(self, job_id: str) -> JobView:

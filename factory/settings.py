@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     """Configuration shared by the gateway, the workers and the CLI."""
 
-    model_config = SettingsConfigDict(env_prefix="FACTORY_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FACTORY_", frozen=True, extra="ignore", populate_by_name=True)
 
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "FACTORY_REDIS_URL"))
     prefabs: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("prefabs")])
@@ -113,6 +113,8 @@ STORAGE_CREDENTIAL_VARS = frozenset(
     for prefix in ("", "FACTORY_")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 )
+# The factory's own credentials: parsed into Settings at start, then kept from prefab code.
+FACTORY_CREDENTIAL_VARS = frozenset({"REDIS_URL", "FACTORY_REDIS_URL", "FACTORY_API_KEYS", "FACTORY_TOKEN_SECRET"})
 
 
 def read_secret_values(names: set[str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ everything is handed to routes through lifespan state.
 """
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -22,7 +23,7 @@ from gateway.auth import Authenticator, requirement
 from gateway.body_limit import BodyLimit
 from gateway.deps import GatewayState
 from gateway.files import FileService
-from gateway.housekeeping import sweep_forever
+from gateway.housekeeping import reap_forever, sweep_forever
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
 from gateway.relay import RelayHub
@@ -52,13 +53,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             files=FileService(settings, client, storage),
             auth=authenticator,
         )
-        sweeper = asyncio.create_task(sweep_forever(settings, storage, sync_client), name="retention-sweep")
+        chores = [
+            asyncio.create_task(sweep_forever(settings, storage, sync_client), name="retention-sweep"),
+            asyncio.create_task(reap_forever(settings, sync_client, f"gateway-{uuid.uuid4().hex}"), name="reaper"),
+        ]
         try:
             yield {"gateway": state}
         finally:
-            sweeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeper
+            for chore in chores:
+                chore.cancel()
+                with suppress(asyncio.CancelledError):
+                    await chore
             await hub.close()
             await client.aclose(close_connection_pool=True)  # the pool was passed in: not closed by default
             sync_client.close()

@@ -1,4 +1,8 @@
-"""The gateway's periodic retention sweep of stored files and stale workspaces (``factory.retention``).
+"""The gateway's periodic chores: the retention sweep of stored files and stale workspaces
+(``factory.retention``) and the lost-execution reaper (``factory.reaper``).
+
+Workers reap too; gateways do it as well so that a job whose workers all vanished still ends
+with ``WORKER_LOST`` and its readers are released, even while no worker is left.
 
 Every gateway runs the loop; a Redis lock lets one of them sweep the shared storage per
 interval, while each sweeps the workspaces of its own ``state_dir`` (the one ``factory up``
@@ -10,6 +14,8 @@ import logging
 
 import redis
 
+from factory.connections import RETRYABLE
+from factory.reaper import reap_once
 from factory.retention import sweep_once
 from factory.settings import Settings
 from factory.storage import Storage
@@ -27,3 +33,15 @@ async def sweep_forever(settings: Settings, storage: Storage, client: redis.Redi
             )
         except Exception:  # a failed round (storage or Redis away) must not end the loop
             logger.exception("retention sweep failed")
+
+
+async def reap_forever(settings: Settings, client: redis.Redis, owner: str) -> None:
+    """Settle executions whose heartbeat lapsed, every ``worker_heartbeat_s``, until canceled."""
+    while True:
+        await asyncio.sleep(settings.worker_heartbeat_s)
+        try:
+            await asyncio.to_thread(reap_once, client, settings, owner)
+        except RETRYABLE:
+            logger.warning("reaper skipped a round: Redis unreachable")
+        except Exception:  # a failed round must not end the loop
+            logger.exception("reaper round failed")

@@ -11,7 +11,7 @@ from factory.catalog import Target
 from factory.jobs import InvocationRequest, JobStatus
 from gateway.deps import GatewayState, StateDep
 from gateway.relay import EventStream, ReaderLimits
-from gateway.schemas import ErrorResponse, InvokeAccepted, InvokeBody, JobResult, SeedInvokeBody
+from gateway.schemas import CallBody, ErrorResponse, InvokeAccepted, InvokeBody, JobResult, SeedInvokeBody
 from gateway.streaming import check_capacity, open_stream
 
 router = APIRouter(
@@ -27,18 +27,15 @@ router = APIRouter(
 )
 
 
-async def _submit(
-    state: GatewayState,
-    prefab_id: str | None,
-    function_name: str,
-    inputs: dict[str, Any],
-    files: dict[str, list[str]],
-    retries: int | None = None,
+def _prepare(
+    state: GatewayState, prefab_id: str | None, function_name: str, body: CallBody
 ) -> tuple[Target, InvocationRequest]:
-    target, request = state.jobs.prepare(prefab_id, function_name, inputs, files, retries=retries)
+    return state.jobs.prepare(prefab_id, function_name, body.call_inputs, body.files, retries=body.retries)
+
+
+async def _enqueue(state: GatewayState, target: Target, request: InvocationRequest) -> None:
     await state.jobs.submit(target, request)
     state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
-    return target, request
 
 
 def _token(state: GatewayState, job_id: str) -> str | None:
@@ -64,7 +61,8 @@ def _accepted(state: GatewayState, http: Request, job_id: str) -> InvokeAccepted
 @router.post("/invoke", status_code=202, response_model=InvokeAccepted)
 async def invoke(body: InvokeBody, http: Request, response: Response, state: StateDep) -> InvokeAccepted:
     """Enqueue a call and answer at once with the job id and where to follow it."""
-    _, request = await _submit(state, body.prefab_id, body.function_name, body.call_inputs, body.files, body.retries)
+    target, request = _prepare(state, body.prefab_id, body.function_name, body)
+    await _enqueue(state, target, request)
     accepted = _accepted(state, http, request.job_id)
     response.headers["Location"] = accepted.status_url
     return accepted
@@ -74,16 +72,14 @@ async def _seed_invoke(
     state: GatewayState, http: Request, prefab_id: str | None, function_name: str, body: SeedInvokeBody
 ) -> Response:
     """Streaming: the new job's SSE stream. Non-streaming: the result once the job ends."""
-    target, request = state.jobs.prepare(prefab_id, function_name, body.call_inputs, body.files)
+    target, request = _prepare(state, prefab_id, function_name, body)
     job_id = request.job_id
     if target.function.streaming:
         check_capacity(state, job_id)  # before the enqueue: a refused caller must not leave an orphan job
         # The stream replays the log first, so subscribing after the enqueue loses nothing.
-        await state.jobs.submit(target, request)
-        state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
+        await _enqueue(state, target, request)
         return await open_stream(state, job_id, 0, _job_headers(state, job_id), checked=True)
-    await state.jobs.submit(target, request)
-    state.metrics.jobs_submitted.labels(request.prefab_id, request.function_name).inc()
+    await _enqueue(state, target, request)
     subscriber = await state.hub.subscribe(job_id)
     stream = EventStream(state.redis, state.hub, job_id, 0, ReaderLimits(state.settings.keepalive_s, float("inf")))
     frames = stream.frames(subscriber)

@@ -35,13 +35,11 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_strict_json)]
 FileGroups = Annotated[dict[str, list[str]], AfterValidator(_strict_json)]
 
 
-class InvokeBody(BaseModel):
-    """``POST /invoke``: which function, with which inputs (``parameters`` is the ecosystem's name)."""
+class CallBody(BaseModel):
+    """What every invoke form carries: the inputs (``parameters`` is the ecosystem's name), files, retries."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prefab_id: str | None = Field(default=None, max_length=128)
-    function_name: str = Field(max_length=128)
     inputs: JsonObject | None = None
     parameters: JsonObject | None = None
     files: FileGroups = Field(default_factory=dict)
@@ -54,7 +52,7 @@ class InvokeBody(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_inputs(self) -> "InvokeBody":
+    def _one_inputs(self) -> "CallBody":
         if self.inputs is not None and self.parameters is not None:
             raise ValueError("give either inputs or parameters, not both")
         return self
@@ -64,24 +62,15 @@ class InvokeBody(BaseModel):
         return self.inputs if self.inputs is not None else (self.parameters or {})
 
 
-class SeedInvokeBody(BaseModel):
-    """``POST /invoke/{function}``: the seed's form, ``{"inputs": {...}}``."""
+class InvokeBody(CallBody):
+    """``POST /invoke``: which function, and the call."""
 
-    model_config = ConfigDict(extra="forbid")
+    prefab_id: str | None = Field(default=None, max_length=128)
+    function_name: str = Field(max_length=128)
 
-    inputs: JsonObject | None = None
-    parameters: JsonObject | None = None
-    files: FileGroups = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _one_inputs(self) -> "SeedInvokeBody":
-        if self.inputs is not None and self.parameters is not None:
-            raise ValueError("give either inputs or parameters, not both")
-        return self
-
-    @property
-    def call_inputs(self) -> dict[str, Any]:
-        return self.inputs if self.inputs is not None else (self.parameters or {})
+class SeedInvokeBody(CallBody):
+    """``POST /invoke/{function}``: the seed's form, ``{"inputs": {...}}``; the function is in the path."""
 
 
 class InvokeAccepted(BaseModel):

@@ -46,7 +46,7 @@ class Proc:
                 self.popen.wait(5)
 
     def kill(self) -> None:
-        """SIGKILL the process and everything in its process group (a worker and its horse)."""
+        """SIGKILL the process and its process group (a work horse has a group of its own)."""
         if self.popen.poll() is None:
             try:
                 os.killpg(self.popen.pid, signal.SIGKILL)

@@ -156,6 +156,21 @@ def test_lost_worker_ends_its_job_and_others_take_the_queue(make_stack: Stack) -
     assert status == 204
 
 
+def test_gateway_ends_a_lost_job_when_no_worker_is_left(make_stack: Stack) -> None:
+    """No reader waits forever, even while every worker is gone: gateways reap too."""
+    make_stack.env.update(FAST_LOSS)
+    gateway = make_stack.start_gateway()
+    doomed = make_stack.start_worker()
+    running = invoke(gateway.url, "counter", {"count": 1000, "delay_s": 0.05})
+    reader = follow(events_url(gateway, running))
+    reader.wait_for(3)
+    kill_machine(doomed)
+    events = reader.finish()
+    assert_contiguous(events)
+    assert events[-1].type == "error" and error_code(events[-1]) == "WORKER_LOST"
+    assert wait_status(gateway.url, running, {"failed"})["error"]["code"] == "WORKER_LOST"
+
+
 def test_lost_worker_job_is_retried_on_another_worker(make_stack: Stack) -> None:
     make_stack.env.update(FAST_LOSS)
     gateway = make_stack.start_gateway()

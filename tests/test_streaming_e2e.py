@@ -199,8 +199,9 @@ def test_missing_secret_refuses_to_run(gateway: Gateway) -> None:
     assert "BEHAVIOURS_TOKEN" in events[0].event["data"]
 
 
-def test_declared_secret_reaches_only_its_function(make_stack: Stack) -> None:
+def test_declared_secret_reaches_only_its_function_and_factory_credentials_none(make_stack: Stack) -> None:
     make_stack.env["BEHAVIOURS_TOKEN"] = "s3cret-value"
+    make_stack.env["FACTORY_TOKEN_SECRET"] = "factory-internal-secret"
     gateway = make_stack.start_gateway()
     make_stack.start_worker()
     job_id = invoke(gateway.url, "needs_secret", {})

@@ -20,7 +20,7 @@ from factory import logs
 from factory.catalog import Catalog
 from factory.connections import RETRYABLE, redis_sync
 from factory.retention import sweep_workspaces
-from factory.settings import STORAGE_CREDENTIAL_VARS, Settings, read_secret_values
+from factory.settings import FACTORY_CREDENTIAL_VARS, STORAGE_CREDENTIAL_VARS, Settings, read_secret_values
 from factory.storage import storage_from_settings
 from worker.files import FileBridge
 from worker.loader import import_prefabs
@@ -37,6 +37,7 @@ def build_runtime(settings: Settings, name: str) -> WorkerRuntime:
     prefabs = import_prefabs(catalog)
     # The storage credentials leave the environment too: a function sees them only if it declares them.
     secrets = read_secret_values(prefabs.secret_names(catalog) | STORAGE_CREDENTIAL_VARS)
+    read_secret_values(set(FACTORY_CREDENTIAL_VARS - prefabs.secret_names(catalog)))  # never a function's
     client = redis_sync(settings.require_redis_url())
     files = FileBridge(settings, storage_from_settings(settings), client)
     # Workspaces a killed worker left behind; each machine's workers sweep their own state_dir.

@@ -21,6 +21,7 @@ async def run(ctx: Context) -> ScenarioResult:
     sizes = ctx.sizes
     base = await ctx.baseline("sse_fanout", inprocess.fanout)
     async with factory_stack(ctx) as stack:
+        await stack.mark_cpu()
         inputs = {"count": sizes.fanout_events, "start_delay_s": START_DELAY_S}
         job_id = await invoke(ctx.http, stack.gateway.url, "firehose", inputs)
         host, port = host_port(stack.gateway.url)
@@ -28,6 +29,7 @@ async def run(ctx: Context) -> ScenarioResult:
         readers = await asyncio.gather(*(open_stream(host, port, events_path(job_id), c) for c in checks))
         await asyncio.wait_for(asyncio.gather(*(r.started for r in readers)), 30)
         await asyncio.wait_for(asyncio.gather(*(r.done for r in readers)), TIMEOUT_S)
+        cpu_s = await stack.cpu_used_s()
     stats = [r.stats for r in readers]
     events = sum(s.events for s in stats)
     span_s = (max(s.last_event_ns for s in stats) - min(s.first_event_ns for s in stats)) / 1e9
@@ -52,6 +54,7 @@ async def run(ctx: Context) -> ScenarioResult:
         "lost": sum(c.missing for c in checks),
         "repeated": sum(c.repeated + s.repeats for c, s in zip(checks, stats, strict=True)),
         "out_of_order": sum(c.out_of_order for c in checks),
+        "cpu_s": cpu_s,
         "attached_before_first_event": max(s.started_ns for s in stats) < min(s.first_event_ns for s in stats),
     }
     return ScenarioResult(NAME, figures, details)

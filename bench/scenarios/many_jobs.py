@@ -35,9 +35,11 @@ async def run(ctx: Context) -> ScenarioResult:
             return await read_stream(host, port, events_path(job_id), check, timeout_s=TIMEOUT_S)
 
         checks = [OrderCheck(sizes.events_per_job) for _ in range(sizes.many_jobs)]
+        await stack.mark_cpu()
         began_ns = time.time_ns()
         stats = await asyncio.gather(*(one(n, c) for n, c in enumerate(checks)))
         submitted_s = (time.time_ns() - began_ns) / 1e9
+        cpu_s = await stack.cpu_used_s()
     span_s = (max(s.last_event_ns for s in stats) - began_ns) / 1e9
     events = sum(s.events for s in stats)
     jobs_per_s = len(stats) / span_s
@@ -58,6 +60,7 @@ async def run(ctx: Context) -> ScenarioResult:
         "seq_gaps": sum(s.gaps for s in stats),
         "not_done": sum(1 for s in stats if s.terminal != "done"),
         "errors": sorted({s.error for s in stats if s.error})[:5],
+        "cpu_s": cpu_s,
     }
     figures = [
         Figure(

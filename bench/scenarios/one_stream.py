@@ -33,7 +33,9 @@ async def run(ctx: Context) -> ScenarioResult:
     raw = await ctx.baseline("pubsub", pubsub.measure)
     async with factory_stack(ctx) as stack:
         fire = OrderCheck(sizes.stream_count)
+        await stack.mark_cpu()
         stats = await _read(ctx, stack.gateway.url, "firehose", {"count": sizes.stream_count}, fire)
+        cpu_s = await stack.cpu_used_s()
         paced = OrderCheck(sizes.paced_count)
         inputs = {"count": sizes.paced_count, "rate_hz": sizes.rate_hz}
         paced_stats = await _read(ctx, stack.gateway.url, "paced", inputs, paced)
@@ -77,6 +79,7 @@ async def run(ctx: Context) -> ScenarioResult:
         "events_per_s": rate,
         "request_to_first_event_ms": (stats.first_event_ns - stats.opened_ns) / 1e6,
         "first_to_last_event_ms": (stats.last_event_ns - stats.first_event_ns) / 1e6,
+        "firehose_cpu_s": cpu_s,
         "lost": fire.missing + paced.missing,
         "repeated": fire.repeated + paced.repeated + stats.repeats + paced_stats.repeats,
         "out_of_order": fire.out_of_order + paced.out_of_order,

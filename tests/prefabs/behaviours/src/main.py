@@ -57,8 +57,11 @@ def needs_secret() -> Iterator[dict[str, Any]]:
     yield {"type": "done", "data": {"has_token": bool(token), "length": len(token)}}
 
 
+SNOOPED = ("BEHAVIOURS_TOKEN", "REDIS_URL", "FACTORY_API_KEYS", "FACTORY_TOKEN_SECRET", "AWS_SECRET_ACCESS_KEY")
+
+
 def secret_snoop() -> dict[str, Any]:
-    return {"visible": sorted(k for k in os.environ if k == "BEHAVIOURS_TOKEN")}
+    return {"visible": sorted(k for k in os.environ if k in SNOOPED)}
 
 
 async def async_counter(count: int) -> AsyncIterator[dict[str, Any]]:
