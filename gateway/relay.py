@@ -83,6 +83,7 @@ class RelayHub:
         self._buffer = buffer_messages
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._has_channels = asyncio.Event()
 
     @property
     def stream_count(self) -> int:
@@ -116,6 +117,7 @@ class RelayHub:
             self._confirmed[channel] = confirmed
             try:
                 await self._pubsub.subscribe(channel)
+                self._has_channels.set()
             except BaseException:
                 await self.unsubscribe(subscriber)
                 raise
@@ -147,7 +149,9 @@ class RelayHub:
         while not self._closing:
             try:
                 if not self._pubsub.subscribed:
-                    await asyncio.sleep(0.05)
+                    # Nothing to listen to: sleep until a subscribe, which must be confirmed at once.
+                    self._has_channels.clear()
+                    await self._has_channels.wait()
                     continue
                 message = await self._pubsub.get_message(timeout=1.0)
                 delay_s = 0.1
