@@ -7,8 +7,8 @@ everything is handed to routes through lifespan state.
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,11 +28,11 @@ from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
 from gateway.relay import RelayHub
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, GatewayState]]]
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; settings default to the environment's."""
-    settings = settings or Settings.from_env()
-    authenticator = Authenticator.from_settings(settings)
+
+def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifespan:
+    """Open Redis, the catalog, the relay hub, storage and the periodic chores; close them after."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, GatewayState]]:
@@ -68,6 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await client.aclose(close_connection_pool=True)  # the pool was passed in: not closed by default
             sync_client.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings default to the environment's."""
+    settings = settings or Settings.from_env()
+    authenticator = Authenticator.from_settings(settings)
+    lifespan = _lifespan(settings, authenticator)
     app = FastAPI(
         title="prefab-factory",
         summary="Run prefab functions as jobs and stream their events over resumable SSE.",
