@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -110,7 +112,9 @@ def _meta(args: argparse.Namespace, cluster: Cluster, open_files: int) -> dict[s
 async def _run(args: argparse.Namespace, cluster: Cluster) -> list[ScenarioResult]:
     sizes = QUICK if args.quick else FULL
     results: list[ScenarioResult] = []
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    # Drop idle connections before uvicorn does (its keep-alive timeout is 5 s, httpx's default expiry too):
+    # otherwise a POST can go out on a connection the server is closing, and fail with ReadError.
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=2.0)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         ctx = Context(cluster, sizes, http)
         for name in args.only or list(SCENARIOS):
@@ -139,9 +143,14 @@ def _event_loop_runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # so `kill <pid>` unwinds like Ctrl-C and every child is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _interrupt)
     open_files = raise_open_files_limit()
     with tempfile.TemporaryDirectory(prefix="factory-bench-") as tmp:
         workdir = args.workdir or Path(tmp)

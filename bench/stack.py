@@ -87,6 +87,6 @@ async def factory_stack(ctx: Context, gateways: int = 1, workers: int = 1, **env
             await asyncio.gather(*warm)
         yield stack
     finally:
-        cluster.stop(started)
+        await asyncio.to_thread(cluster.stop, started)  # a slow SIGTERM must not stall the client's loop
         await client.flushdb()
         await client.aclose()

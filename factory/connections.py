@@ -24,6 +24,7 @@ def redis_sync(url: str, *, socket_timeout_s: float | None = 10.0) -> redis.Redi
         socket_connect_timeout=2.0,
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3, supported_errors=RETRYABLE),
+        driver_info=None,  # no CLIENT SETINFO: two round trips saved on every new connection
     )
 
 
@@ -41,5 +42,6 @@ def redis_async(url: str, *, max_connections: int = 200) -> aioredis.Redis:
             retries=2,
             supported_errors=(RedisConnectionError, RedisTimeoutError),
         ),
+        driver_info=None,
     )
     return aioredis.Redis(connection_pool=pool)

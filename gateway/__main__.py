@@ -16,6 +16,8 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        # Longer than clients keep idle connections, so a request never races the server's close.
+        timeout_keep_alive=65,
         lifespan="on",
     )
 

@@ -84,6 +84,8 @@ class RelayHub:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._has_channels = asyncio.Event()
+        # One (un)subscribe at a time: concurrent first commands would each open a connection.
+        self._commands = asyncio.Lock()
 
     @property
     def stream_count(self) -> int:
@@ -93,6 +95,10 @@ class RelayHub:
         return len(self._subscribers.get(keys.events_channel(job_id), ()))
 
     async def start(self) -> None:
+        try:
+            await self._pubsub.connect()  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:  # Redis may come later; the first subscribe connects then
+            logger.warning("pub/sub connection not open yet: %s", exc)
         self._task = asyncio.create_task(self._listen(), name="relay-hub")
 
     async def close(self) -> None:
@@ -116,7 +122,8 @@ class RelayHub:
             confirmed = asyncio.get_running_loop().create_future()
             self._confirmed[channel] = confirmed
             try:
-                await self._pubsub.subscribe(channel)
+                async with self._commands:
+                    await self._pubsub.subscribe(channel)
                 self._has_channels.set()
             except BaseException:
                 await self.unsubscribe(subscriber)
@@ -140,7 +147,8 @@ class RelayHub:
         if confirmed is not None and not confirmed.done():
             confirmed.cancel()
         try:
-            await self._pubsub.unsubscribe(subscriber.channel)
+            async with self._commands:
+                await self._pubsub.unsubscribe(subscriber.channel)
         except (RedisError, OSError):
             logger.warning("could not unsubscribe from %s; Redis will drop it on reconnect", subscriber.channel)
 

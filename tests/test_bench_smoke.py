@@ -20,8 +20,14 @@ def test_quick_benchmark_delivers_every_event(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     scenarios = ["--only", "one-stream", "--only", "many-jobs"]
     command = [sys.executable, "-m", "bench", "--quick", *scenarios, "--json", str(out)]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    bench = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = bench.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        bench.terminate()  # SIGTERM: the bench stops the processes it started before exiting
+        output, _ = bench.communicate(timeout=30)
+        pytest.fail("the quick benchmark did not finish in 240 s:\n" + output[-3000:])
+    assert bench.returncode == 0, output[-3000:]
 
     results = json.loads(out.read_text())
     assert results["meta"]["mode"] == "quick"
