@@ -55,9 +55,13 @@ def test_seed_python_client_unchanged(gateway: Gateway) -> None:
 
 
 def test_every_network_chunk_holds_whole_events(gateway: Gateway) -> None:
-    """The seed's JavaScript client splits each chunk on newlines without buffering."""
+    """The seed's JavaScript client splits each chunk on newlines without buffering.
+
+    TCP keeps no write boundaries when the reader falls behind; a reader that keeps up (as
+    here) reads what each write sent, so each write must hold whole events (``pack_writes``).
+    """
     with httpx.stream(
-        "POST", f"{gateway.url}/invoke/counter", json={"inputs": {"count": 50, "delay_s": 0.002}}, timeout=30
+        "POST", f"{gateway.url}/invoke/counter", json={"inputs": {"count": 300, "delay_s": 0.001}}, timeout=30
     ) as response:
         chunks = list(response.iter_raw())
     assert len(chunks) > 1
