@@ -232,6 +232,7 @@ class EventStream:
         self.last_seq = last_seq
         self.limits = limits
         self.finished = False
+        self.closing = False  # set on gateway shutdown: end without the terminal event
 
     async def frames(self, subscriber: Subscriber) -> AsyncGenerator[bytes, None]:
         """Yield writes of whole SSE frames until the terminal event; then stop."""
@@ -239,7 +240,7 @@ class EventStream:
             for write in pack_writes(await self._from_log()):
                 yield write
             idle_s = 0.0
-            while not self.finished:
+            while not self.finished and not self.closing:
                 try:
                     await asyncio.wait_for(subscriber.wakeup.wait(), self.limits.poll_s)
                 except TimeoutError:
@@ -249,6 +250,8 @@ class EventStream:
                         return
                     subscriber.overflowed = True  # nothing heard for a while: check the log
                 subscriber.wakeup.clear()
+                if self.closing:
+                    return
                 if subscriber.overflowed:
                     subscriber.overflowed = False
                     subscriber.messages.clear()
