@@ -9,6 +9,7 @@ import httpx
 import pytest
 import requests
 
+from tests.openai_double import REPLY, openai_double
 from tests.stack import Gateway, Stack, invoke, read_events, wait_status
 
 pytestmark = pytest.mark.e2e
@@ -264,3 +265,24 @@ def test_resume_on_a_second_gateway(make_stack: Stack) -> None:
     _, head = read_events(f"{first.url}/jobs/{job_id}/events", limit=5)
     _, tail = read_events(f"{second.url}/jobs/{job_id}/events", last_event_id=head[-1].seq)
     assert [e.seq for e in head + tail] == list(range(1, 33))
+
+
+def test_chat_stream_through_an_openai_compatible_server(make_stack: Stack) -> None:
+    with openai_double() as llm:
+        make_stack.env.update({"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-test-key"})
+        gateway = make_stack.start_gateway()
+        make_stack.start_worker()
+        messages = [{"role": "user", "content": "Say hello"}]
+        job_id = invoke(gateway.url, "chat_stream", {"messages": messages})
+        _, events = read_events(f"{gateway.url}/jobs/{job_id}/events")
+    assert events[0].type == "start" and events[0].event["data"]["model"] == "gpt-4o-mini"
+    assert "".join(e.event["data"] for e in events if e.type == "content") == "".join(REPLY)
+    assert events[-1].type == "done"
+    assert llm.requests[0]["messages"] == messages and llm.requests[0]["stream"] is True
+    assert llm.requests[0]["authorization"] == "Bearer sk-test-key"  # the declared secret reached it
+
+
+def test_chat_stream_without_its_secret_is_refused(gateway: Gateway) -> None:
+    job_id = invoke(gateway.url, "chat_stream", {"messages": [{"role": "user", "content": "hi"}]})
+    _, events = read_events(f"{gateway.url}/jobs/{job_id}/events")
+    assert [(e.type, e.event.get("error_code")) for e in events] == [("error", "MISSING_SECRET")]

@@ -1,0 +1,82 @@
+"""``factory up``, as a user runs it: a private Redis, the gateway and workers in one command;
+SIGTERM stops every one of them."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from factory.embedded_redis import free_port
+from tests.stack import ROOT, parse_frames
+
+pytestmark = pytest.mark.e2e
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_") and k != "REDIS_URL"}
+    command = [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--workers", "2"]
+    command += ["--state-dir", str(tmp_path / "state"), "--prefabs", str(ROOT / "prefabs")]
+    with (tmp_path / "up.log").open("wb") as log:
+        up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.2)
+        with httpx.stream(
+            "POST", f"{url}/invoke/my_stream_function", json={"inputs": {"param": "up"}}, timeout=60
+        ) as response:
+            events = list(parse_frames(response.iter_lines()))
+        assert [e.type for e in events] == ["start"] + ["progress"] * 5 + ["done"]
+        assert (tmp_path / "state" / "redis").is_dir()  # the embedded Redis persists there
+        family = descendants(up.pid)
+        assert len(family) >= 4  # redis-server, the gateway, two workers (and their horses)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(90) == 0, (tmp_path / "up.log").read_text()
+        time.sleep(0.5)
+        assert [pid for pid in family if alive(pid)] == []
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
