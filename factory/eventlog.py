@@ -9,7 +9,8 @@ appended, so a stream has exactly one. A batch id makes a retried append idempot
 lost to a dropped connection).
 
 Executions and fencing: each run of a job (an *attempt*) gets a random execution token when a
-worker claims it (CLAIM, which also registers its heartbeat in ``keys.running_jobs_key()``).
+worker claims it (CLAIM, which also registers its heartbeat in ``keys.running_jobs_key()`` and
+marks the job started).
 The work horse passes the token with each append, and an append whose token is no longer the
 job's (the attempt was declared lost and retried, or ended by someone else) is refused with
 ``SUPERSEDED``, so a zombie attempt can never write into its successor's stream. A batch in
@@ -59,29 +60,32 @@ redis.call('PUBLISH', channel, (last - n + 1) .. '\\n' .. table.concat(events, '
 return {1, last}
 """
 
-# KEYS: job, running set. ARGV: token, running member ('' = no heartbeat), its deadline (ms), max attempts.
-CLAIM_LUA = """
-local job, running = KEYS[1], KEYS[2]
-if redis.call('EXISTS', job) == 0 then return -3 end
-if redis.call('HEXISTS', job, 'terminal') == 1 then return -1 end
-local attempt = tonumber(redis.call('HGET', job, 'attempt')) or 0
-if attempt < 1 then
-  attempt = 1
-  redis.call('HSET', job, 'attempt', '1')
+# The claim as a Lua function, shared with the worker's take script (``worker.rqjobs``): a new
+# execution token, the attempt number, the heartbeat in the running set, and ``fields`` (a flat
+# field/value list) written with it. Returns the attempt number, or an Outcome below 0.
+CLAIM_FUNCTION = """
+local function claim(job, running, token, member, deadline, fields)
+  if redis.call('EXISTS', job) == 0 then return -3 end
+  if redis.call('HEXISTS', job, 'terminal') == 1 then return -1 end
+  local attempt = tonumber(redis.call('HGET', job, 'attempt')) or 0
+  if attempt < 1 then
+    attempt = 1
+    redis.call('HSET', job, 'attempt', '1')
+  end
+  redis.call('HSET', job, 'execution', token)
+  for i = 1, #fields, 2 do redis.call('HSET', job, fields[i], fields[i + 1]) end
+  redis.call('ZADD', running, deadline, member)
+  return attempt
 end
-redis.call('HSET', job, 'execution', ARGV[1], 'max_attempts', ARGV[4])
-if ARGV[2] ~= '' then redis.call('ZADD', running, ARGV[3], ARGV[2]) end
-return attempt
 """
 
-# KEYS: job. ARGV: token ('' = unfenced), then field/value pairs.
-START_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'execution') ~= ARGV[1] then return -4 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
+# KEYS: job, running set. ARGV: token, running member, its deadline (ms), then record field/value pairs.
+CLAIM_LUA = (
+    CLAIM_FUNCTION
+    + """
+return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], {unpack(ARGV, 4)})
 """
+)
 
 RETRY_PREFIX = "retry:"
 
@@ -152,6 +156,15 @@ def retry_event(attempt: int, max_attempts: int, code: str, message: str) -> byt
     """The ``retry`` event: the attempt that starts next, and why the previous one did not finish."""
     data = {"attempt": attempt, "max_attempts": max_attempts, "error_code": code, "reason": message}
     return orjson.dumps({"type": "retry", "data": data})
+
+
+def started_fields(worker: str) -> dict[str, bytes]:
+    """Record fields of a job that a worker starts running."""
+    return {
+        "status": orjson.dumps(JobStatus.STARTED.value),
+        "started_ms": orjson.dumps(now_ms()),
+        "worker": orjson.dumps(worker),
+    }
 
 
 def retry_fields(token: str, attempt: int) -> dict[str, bytes]:

@@ -27,16 +27,6 @@ def files_key(job_id: str) -> str:
     return f"{NAMESPACE}:files:{{{job_id}}}"
 
 
-def channel_prefix() -> str:
-    """Prefix of every job channel, for parsing a channel name back to its job id."""
-    return f"{NAMESPACE}:channel:{{"
-
-
-def job_id_from_channel(channel: str) -> str:
-    """The job id inside a channel name made by :func:`events_channel`."""
-    return channel[len(channel_prefix()) : -1]
-
-
 def running_jobs_key() -> str:
     """Sorted set of running executions (``<job id>:<execution token>``) scored by when their heartbeat lapses (ms)."""
     return f"{NAMESPACE}:running"

@@ -1,25 +1,27 @@
 """Executions of a job and what happens when one stops without ending its stream.
 
-A worker *claims* a job before running it (:func:`claim`): the job gets a fresh execution
-token and its attempt number, and the execution a heartbeat in ``keys.running_jobs_key()``,
-a sorted set scored by the time (ms) the heartbeat lapses. The worker process (not its work
-horse) refreshes it while the horse runs (:func:`refresh`).
+A worker *claims* a job before running it (:func:`claim`, or its worker's take step, which
+runs the same Lua function): the job gets a fresh execution token and its attempt number, and
+the execution a heartbeat in ``keys.running_jobs_key()``, a sorted set scored by the time (ms)
+the heartbeat lapses. The worker process (not its work horse) refreshes it while the horse runs
+(:func:`refresh`). How many attempts a job may have is read from its request, in RQ's job
+(:func:`max_attempts`), when an execution is settled: a claim needs nothing from the request.
 
 When an execution stops, :func:`settle` makes sure its job is not left hanging: the job
 already ended (the usual case), or its horse asked for a retry and the job goes back on the RQ
 queue, or nothing closed the stream (the horse died, the worker was shut down) and the job is
 retried when it has attempts left, else ends with ``WORKER_LOST`` / ``WORKER_SHUTDOWN``. The
-worker settles its own executions as soon as its horse exits; :func:`reap_once`, run
+worker settles its own executions as soon as its horse reports or dies; :func:`reap_once`, run
 periodically by every worker, settles those whose worker vanished with it (lapsed heartbeat).
 Settling is idempotent (every write is fenced by the token, see ``factory.eventlog``, and a
 requeue checks the job is not queued already), and the execution leaves the running set only
 once it is settled, so a settle cut short (a crash, Redis gone) is finished by the next pass.
 
-RQ's own StartedJobRegistry cleanup does not fight this: jobs are enqueued without RQ retries,
-so RQ at most marks an abandoned job ``failed`` in its own registry, which :func:`requeue`
-undoes when the factory decides the job runs again. Heartbeats are compared with each
-process's clock; a Redis that restarted less than ``worker_lost_after_s`` ago reaps nothing,
-since nobody could send heartbeats while it was down.
+RQ holds the queue and each job's payload; its workers and registries play no part (the
+factory's worker takes job ids off RQ's queue itself, see ``worker.engine``), so a requeue only
+puts the RQ job back on its queue. Heartbeats are compared with each process's clock; a Redis
+that restarted less than ``worker_lost_after_s`` ago reaps nothing, since nobody could send
+heartbeats while it was down.
 """
 
 import logging
@@ -28,8 +30,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import redis
+from pydantic import ValidationError
+from redis.client import Pipeline
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -46,7 +50,7 @@ from factory.eventlog import (
     terminal_error_args,
 )
 from factory.events import WORKER_LOST
-from factory.jobs import now_ms
+from factory.jobs import InvocationRequest, now_ms
 from factory.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -80,45 +84,43 @@ class Settled(StrEnum):
     GONE = "gone"  # the job's record (or RQ job) no longer exists
 
 
-def _deadline_ms(lost_after_s: float) -> int:
+def deadline_ms(lost_after_s: float) -> int:
+    """When a heartbeat sent now lapses (ms): an execution's score in the running set."""
     return now_ms() + int(lost_after_s * 1000)
 
 
-def claim(
-    client: redis.Redis, job_id: str, max_attempts: int, lost_after_s: float, *, track: bool = True
-) -> Claim | None:
-    """Claim the job for a new execution; None when it ended already or is unknown.
+def claim(client: redis.Redis, job_id: str, max_attempts: int, lost_after_s: float) -> Claim | None:
+    """Claim the job for a new execution, registering its heartbeat (the caller refreshes it).
 
-    ``track``: register the execution's heartbeat, which the caller must then refresh.
+    None when the job ended already or is unknown. (A worker claims each job it takes off the
+    queue within its take step, ``worker.rqjobs``, with the same Lua function.)
     """
     token = uuid.uuid4().hex
-    member = f"{job_id}:{token}" if track else ""
     script = client.register_script(CLAIM_LUA)
-    reply = script(
-        keys=[keys.job_key(job_id), keys.running_jobs_key()],
-        args=[token, member, _deadline_ms(lost_after_s), max_attempts],
-    )
-    attempt = int(reply)
+    args: list[str | int] = [token, f"{job_id}:{token}", deadline_ms(lost_after_s)]
+    attempt = int(script(keys=[keys.job_key(job_id), keys.running_jobs_key()], args=args))
     return Claim(job_id, token, attempt, max_attempts) if attempt >= 1 else None
 
 
 def refresh(client: redis.Redis, claim: Claim, lost_after_s: float) -> None:
     """Push the execution's heartbeat deadline forward (never re-adds one that was reaped)."""
-    client.zadd(keys.running_jobs_key(), {claim.member: _deadline_ms(lost_after_s)}, xx=True)
+    client.zadd(keys.running_jobs_key(), {claim.member: deadline_ms(lost_after_s)}, xx=True)
 
 
-def release(client: redis.Redis, claim: Claim) -> bool:
-    """Take the execution out of the running set; False when a reaper took it first."""
-    return int(client.zrem(keys.running_jobs_key(), claim.member)) == 1
+def release(pipe: Pipeline, claim: Claim) -> None:
+    """Queue on ``pipe`` the execution's removal from the running set (a settled execution's last step)."""
+    pipe.zrem(keys.running_jobs_key(), claim.member)
 
 
-def settle(client: redis.Redis, settings: Settings, job_id: str, token: str, code: str, message: str) -> Settled:
+def settle(
+    client: redis.Redis, settings: Settings, job_id: str, token: str, code: str, message: str, *, retry: bool = True
+) -> Settled:
     """Make sure execution ``token`` of the job leaves it ended or queued again; see the module docstring.
 
-    ``code`` and ``message`` say why the execution stopped, for when nothing closed its stream.
+    ``code`` and ``message`` say why the execution stopped, for when nothing closed its stream;
+    ``retry=False`` ends the job with them even when it has attempts left.
     """
-    fields = client.hmget(keys.job_key(job_id), ["execution", "terminal", "attempt", "max_attempts"])
-    execution, terminal, attempt, max_attempts = fields
+    execution, terminal, attempt = client.hmget(keys.job_key(job_id), ["execution", "terminal", "attempt"])
     if terminal is not None:
         return Settled.ENDED
     current = execution.decode() if isinstance(execution, bytes) else ""
@@ -127,9 +129,9 @@ def settle(client: redis.Redis, settings: Settings, job_id: str, token: str, cod
     if current != token:
         return Settled.GONE if execution is None and attempt is None else Settled.SUPERSEDED
     attempt_n = int(attempt or 1)
-    max_n = int(max_attempts or 1)
+    max_n = max_attempts(client, job_id)
     script = client.register_script(APPEND_LUA)
-    if attempt_n < max_n:
+    if retry and attempt_n < max_n:
         args = retry_args(token, attempt_n + 1, max_n, code, message, retention_s=settings.retention_s)
         result = parse_append(script(keys=append_keys(job_id), args=args))
         if result.outcome is not Outcome.APPENDED:
@@ -140,8 +142,18 @@ def settle(client: redis.Redis, settings: Settings, job_id: str, token: str, cod
     return Settled.FAILED if result.outcome is Outcome.APPENDED else Settled.ENDED
 
 
+def max_attempts(client: redis.Redis, job_id: str) -> int:
+    """How many attempts the job may have, from its request in RQ's job (1 when that cannot be read)."""
+    try:
+        job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+        return InvocationRequest.model_validate(job.args[0]).retries + 1
+    except (NoSuchJobError, DeserializationError, ValidationError, IndexError, TypeError):
+        logger.error("cannot read the job's request from RQ: no retry", extra={"job_id": job_id})
+        return 1
+
+
 def requeue(client: redis.Redis, queue_name: str, job_id: str) -> bool:
-    """Put the RQ job back on its queue, out of RQ's started, failed and finished registries."""
+    """Put the RQ job back on its queue (once, however often it is called)."""
     queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
     try:
         job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
@@ -150,17 +162,10 @@ def requeue(client: redis.Redis, queue_name: str, job_id: str) -> bool:
         return False
     if job.get_status(refresh=False) == JobStatus.QUEUED and client.lpos(queue.key, job_id) is not None:
         return True  # someone requeued it already
-    started = queue.started_job_registry.key
-    stale = list(client.zscan_iter(started, match=f"{job_id}:*"))
-    with client.pipeline() as pipe:
-        queue.failed_job_registry.remove(job, pipeline=pipe)
-        queue.finished_job_registry.remove(job, pipeline=pipe)
-        if stale:
-            pipe.zrem(started, *(member for member, _ in stale))
-        pipe.execute()
     job.started_at = None
     job.ended_at = None
-    queue.enqueue_job(job)  # its own transaction: RQ's dependency check needs a fresh pipeline
+    job.worker_name = None
+    queue.enqueue_job(job)
     return True
 
 

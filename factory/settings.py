@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = 5.0
     worker_lost_after_s: float = 30.0
     shutdown_grace_s: float = 30.0
+    # A work horse runs this many jobs, then the worker replaces it (1: a fresh horse for every job).
+    max_jobs_per_horse: int = Field(default=1000, ge=1)
 
     # Files (v3.0): unset storage_url keeps them in state_dir/files; "s3://bucket/prefix" uses S3.
     storage_url: str | None = None
@@ -129,11 +131,6 @@ def read_secret_values(names: set[str]) -> dict[str, str]:
         if value is not None:
             found[name] = value
     return found
-
-
-def inject_secrets(values: dict[str, str]) -> None:
-    """Expose one job's declared secrets to its function as environment variables."""
-    os.environ.update(values)
 
 
 def _env_name(name: str, alias: object) -> str:

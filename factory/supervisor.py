@@ -5,10 +5,10 @@ so this package never imports them; their settings reach them as environment var
 (``settings_env``), with every path made absolute.
 
 Each child runs in its own session: a Ctrl-C in the terminal reaches the supervisor only, which
-then stops things in order (gateway and workers with SIGTERM, so RQ's warm shutdown can finish
+then stops things in order (gateway and workers with SIGTERM, so a worker's graceful shutdown can finish
 or hand back the running job, then Redis last). A second Ctrl-C skips the grace period. A child
 still alive after ``shutdown_grace_s + 5`` s is killed with its process group and every
-descendant seen, which catches RQ's work horses (each in a process group of its own).
+descendant seen, which catches the workers' work horses (each in a process group of its own).
 
 A child that exits while the factory is up is restarted with exponential backoff; a gateway
 that keeps failing right after its start (a port already taken, a bad setting) stops the whole

@@ -13,9 +13,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from rq import Queue
-from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
+from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
 from factory import keys
@@ -135,19 +135,23 @@ class JobService:
         args = terminal_error_args(CANCELED, "the job was canceled", retention_s=self.settings.retention_s)
         result = parse_append(await self._append(keys=append_keys(job_id), args=args))
         if result.outcome is Outcome.APPENDED:
-            await asyncio.to_thread(self._stop_rq_job, job_id)
+            await asyncio.to_thread(self._unqueue, job_id)
         record, _ = await self.get(job_id)
         return record
 
-    def _stop_rq_job(self, job_id: str) -> None:
+    def _unqueue(self, job_id: str) -> None:
+        """Take a canceled job off the RQ queue if it is still there.
+
+        A running job needs nothing more: its worker sees the terminal event and stops the horse
+        within a second; one taken off the queue meanwhile is refused when claimed.
+        """
         try:
             job = Job.fetch(job_id, connection=self.sync_client, serializer=JSONSerializer)
         except NoSuchJobError:
             return
-        if job.get_status() == "queued":
-            job.cancel()
+        if job.get_status(refresh=False) != RQStatus.QUEUED:
             return
         try:
-            send_stop_job_command(self.sync_client, job_id, serializer=JSONSerializer)
+            job.cancel()  # off the queue; RQ's status says canceled
         except InvalidJobOperation:
-            pass  # not running (yet or any more): the started-check in the worker refuses it
+            pass  # canceled already

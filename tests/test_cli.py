@@ -391,7 +391,7 @@ def test_invoke_exits_1_on_an_api_error(stub: StubServer) -> None:
 # --- supervisor ---------------------------------------------------------------------------------
 
 # Stands in for `python -m gateway` / `python -m worker`. The gateway one will not stop on SIGTERM and
-# has a child in a process group of its own, as an RQ work horse has.
+# has a child in a process group of its own, as a worker's work horse has.
 STAND_IN = """
 import os, signal, subprocess, sys, time
 from pathlib import Path

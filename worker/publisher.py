@@ -5,7 +5,8 @@ The function runs on the work horse's main thread and hands each encoded event t
 previous write was in flight as one atomic append (``factory.eventlog``). A slow generator
 thus pays one round trip per event with no added latency, and a fast one gets batches of up to
 :data:`MAX_BATCH` events per round trip. The queue is bounded, so a stalled Redis slows the
-generator down instead of filling memory.
+generator down instead of filling memory. The thread starts with the first event: a job whose
+only event is its terminal one (a plain function) is written on the caller's thread.
 
 A write that fails for lack of Redis is retried with backoff, for up to ``redis_outage_s``;
 retries are safe because each batch carries an id the append script deduplicates. Past that
@@ -79,18 +80,20 @@ class EventPublisher:
         self.failure: BaseException | None = None
         self.last_seq = 0
         self._thread = threading.Thread(target=self._run, name=f"publisher-{job_id}", daemon=True)
-        self._thread.start()
 
     def publish(self, event: bytes) -> None:
         """Queue one non-terminal event (blocks while the queue is full)."""
+        if self._thread.ident is None:
+            self._thread.start()
         self._queue.put(event)
 
-    def finish(
-        self, event: bytes, fields: dict[str, bytes], mode: Mode = Mode.TERMINAL, wait_s: float | None = None
-    ) -> AppendResult | None:
+    def finish(self, event: bytes, fields: dict[str, bytes], mode: Mode = Mode.TERMINAL) -> AppendResult | None:
         """Queue the last event (terminal, or ``retry`` with ``Mode.RETRY``), wait until all is written; its outcome."""
         self._queue.put(_Terminal(event, fields, mode))
-        self._thread.join(wait_s)
+        if self._thread.ident is None:
+            self._run()  # nothing was published before: no thread to hand it to
+        else:
+            self._thread.join()
         return self.final
 
     def _run(self) -> None:

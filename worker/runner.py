@@ -1,10 +1,14 @@
 """Runs one invocation inside a work horse, from "started" to exactly one terminal event.
 
-Order of a run: mark the job started (unless it was canceled while queued, or the execution
-was superseded), check secrets, prepare the workspace and its input files, iterate the function
-under its deadline while the publisher streams each event, store output files (their
-``files`` event comes before the terminal one), then write the terminal event with the job's
-final record fields.
+The worker process claims the job and hands the claim over with the request; :meth:`run`
+reports how the run left the job (:class:`RunReport`), which tells the worker whether anything
+is left to settle.
+
+Order of a run (the worker's claim already marked the job started): check secrets, prepare
+the workspace and its input files, iterate the function under its deadline while the publisher
+streams each event, store output files (their ``files`` event comes before the terminal one),
+then write the terminal event with the job's final record fields. The environment is put back
+as it was after each run, so nothing a job set in it reaches the next job of the same horse.
 
 Retries: when the function raised (``UNEXPECTED_ERROR``) and the execution's attempt is not
 its last, the runner writes a ``retry`` event instead of the error and the worker puts the job
@@ -19,7 +23,9 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,8 +36,9 @@ from factory.catalog import Catalog
 from factory.connections import RETRYABLE
 from factory.eventlog import (
     APPEND_LUA,
-    START_LUA,
+    AppendResult,
     Mode,
+    Outcome,
     append_keys,
     parse_append,
     retry_event,
@@ -53,7 +60,6 @@ from factory.events import (
     terminal_status,
 )
 from factory.jobs import InvocationRequest, JobStatus, now_ms, terminal_fields
-from factory.keys import job_key
 from factory.manifest import FunctionSpec
 from factory.settings import Settings
 from worker.deadline import DeadlineExceeded, deadline
@@ -77,8 +83,32 @@ class WorkerRuntime:
     secrets: dict[str, str]
     files: FileBridge
     worker_name: str = ""
-    # Executions the worker process claimed, by job id, read by the work horse it forks next.
-    claims: dict[str, reaper.Claim] = field(default_factory=dict)
+    spare_workspace: Path | None = None  # a work horse's (see ``worker.workspace``)
+
+
+class RunEnd(StrEnum):
+    """How a run left its job, as far as the work horse knows."""
+
+    ENDED = "ended"  # the job's log is closed: by this run's terminal event, or by someone else (cancel)
+    RETRY = "retry"  # this run wrote a ``retry`` event: the job must go back on the queue
+    SUPERSEDED = "superseded"  # the job belongs to another execution now (or no longer exists)
+    OPEN = "open"  # the log may still be open (its events could not all be written): settle it
+
+
+@dataclass(frozen=True)
+class RunReport:
+    end: RunEnd
+    error_code: str | None = None  # the code of the run's terminal ``error`` (or of the retry's cause)
+
+
+_END_OF_APPEND = {
+    Outcome.APPENDED: RunEnd.ENDED,
+    Outcome.DUPLICATE: RunEnd.ENDED,
+    Outcome.ALREADY_ENDED: RunEnd.ENDED,
+    Outcome.LIMIT_REACHED: RunEnd.OPEN,
+    Outcome.UNKNOWN_JOB: RunEnd.SUPERSEDED,
+    Outcome.SUPERSEDED: RunEnd.SUPERSEDED,
+}
 
 
 class _Stop(Exception):
@@ -102,6 +132,27 @@ def _terminal_for(raw: bytes) -> dict[str, bytes]:
     return terminal_fields(status, now_ms(), None, ErrorInfo(code=event.error_code or "ERROR", message=message))
 
 
+def _environ() -> dict[bytes, bytes]:
+    """A snapshot of the environment.
+
+    Taken from CPython's own bytes copy behind ``os.environ`` (``_data``, also behind
+    ``os.environb``): copying and comparing it costs well under a microsecond, where going through
+    the mapping costs ~1 µs per variable, twice a job.
+    """
+    return dict(os.environb._data)  # type: ignore[attr-defined]
+
+
+def _restore_environ(saved: dict[bytes, bytes]) -> None:
+    """Put the environment back as it was (the job's secrets, what its function set), touching nothing else."""
+    if _environ() == saved:
+        return
+    for name in [name for name in os.environb if name not in saved]:
+        del os.environb[name]
+    for name, value in saved.items():
+        if os.environb.get(name) != value:
+            os.environb[name] = value
+
+
 def _will_retry(end: _End, claim: reaper.Claim) -> bool:
     return end.retryable and claim.attempt < claim.max_attempts
 
@@ -111,18 +162,15 @@ def _error(code: str, message: str) -> _End:
 
 
 class InvocationRunner:
-    def __init__(self, runtime: WorkerRuntime, request: InvocationRequest, claim: reaper.Claim | None = None) -> None:
+    def __init__(self, runtime: WorkerRuntime, request: InvocationRequest, claim: reaper.Claim) -> None:
         self.runtime = runtime
         self.request = request
         self.claim = claim
         self.workspace = Workspace(runtime.settings.state_dir, request.job_id)
 
-    def run(self) -> None:
+    def run(self) -> RunReport:
         """Run the job to its terminal event (or its retry); never raises for a failure of the prefab."""
-        claim = self.claim or self._claim_untracked()
-        if claim is None or not self._mark_started(claim):
-            logger.info("job already ended, or belongs to another execution; skipping")
-            return
+        claim = self.claim
         settings = self.runtime.settings
         publisher = EventPublisher(
             self.runtime.redis,
@@ -136,28 +184,24 @@ class InvocationRunner:
             end = self._run_function(publisher, claim)
         finally:
             # Removed before the terminal event, so a caller who sees the job end never finds it.
-            self.workspace.remove()
+            self.workspace.remove(self.runtime.spare_workspace)
         if end is not None and not publisher.ended.is_set():
             self._finish(publisher, claim, end)
+        code = decode(end.event).error_code if end is not None else None
         if isinstance(publisher.failure, PublisherUnavailable):
-            self._end_unavailable(claim, publisher.last_seq)
-        elif publisher.failure is not None:
+            return RunReport(self._end_unavailable(claim, publisher.last_seq), REDIS_UNAVAILABLE)
+        if publisher.failure is not None:
             logger.error("job's events could not all be written: %s", publisher.failure)
+            return RunReport(RunEnd.OPEN, code)
+        return RunReport(self._end_of(publisher.final, end is not None and _will_retry(end, claim)), code)
 
-    def _claim_untracked(self) -> reaper.Claim | None:
-        """Claim here when no worker process did (a worker that does not fork): no heartbeat then."""
-        max_attempts = self.request.retries + 1
-        return reaper.claim(self.runtime.redis, self.request.job_id, max_attempts, lost_after_s=0, track=False)
-
-    def _mark_started(self, claim: reaper.Claim) -> bool:
-        script = self.runtime.redis.register_script(START_LUA)
-        fields: dict[str, bytes] = {
-            "status": orjson.dumps(JobStatus.STARTED.value),
-            "started_ms": orjson.dumps(now_ms()),
-            "worker": orjson.dumps(self.runtime.worker_name),
-        }
-        args = [claim.token.encode(), *(item for pair in fields.items() for item in pair)]
-        return int(script(keys=[job_key(self.request.job_id)], args=args)) == 1
+    @staticmethod
+    def _end_of(final: AppendResult | None, retrying: bool) -> RunEnd:
+        if final is None:
+            return RunEnd.OPEN
+        if retrying and final.outcome in (Outcome.APPENDED, Outcome.DUPLICATE):
+            return RunEnd.RETRY
+        return _END_OF_APPEND[final.outcome]
 
     def _finish(self, publisher: EventPublisher, claim: reaper.Claim, end: _End) -> None:
         """Write the last event: the terminal one, or ``retry`` when another attempt follows."""
@@ -171,7 +215,7 @@ class InvocationRunner:
         publisher.finish(event, retry_fields(claim.token, claim.attempt + 1), Mode.RETRY)
         logger.warning("attempt %d of %d failed (%s); retrying", claim.attempt, claim.max_attempts, code)
 
-    def _end_unavailable(self, claim: reaper.Claim, last_seq: int) -> None:
+    def _end_unavailable(self, claim: reaper.Claim, last_seq: int) -> RunEnd:
         """End the job with ``REDIS_UNAVAILABLE``, waiting as long as it takes for Redis to answer."""
         message = (
             f"Redis was unreachable for more than {self.runtime.settings.redis_outage_s:g} s, so the job was stopped; "
@@ -190,7 +234,7 @@ class InvocationRunner:
                 delay_s = min(delay_s * 2, 2.0)
                 continue
             logger.error("job stopped: Redis unreachable too long (append: %s)", result.outcome.name)
-            return
+            return _END_OF_APPEND[result.outcome]
 
     def _spec(self) -> FunctionSpec:
         target = self.runtime.catalog.resolve(self.request.prefab_id, self.request.function_name)
@@ -206,19 +250,18 @@ class InvocationRunner:
         secrets, missing = self._secrets(spec)
         if missing:
             return _error(MISSING_SECRET, f"required secret(s) not configured: {', '.join(missing)}")
-        self.workspace.create()
+        self.workspace.create(self.runtime.spare_workspace)
         try:
             self.runtime.files.fetch_inputs(self.request, self.workspace)
         except FileError as exc:
             return _error(exc.code, str(exc))
-        saved_env = dict(os.environ)
+        saved_env = _environ()
         os.environ.update(secrets)
         try:
             with self.workspace.entered():
                 terminal = self._iterate(function, publisher)
         finally:
-            os.environ.clear()
-            os.environ.update(saved_env)
+            _restore_environ(saved_env)
         if terminal is None or publisher.ended.is_set():
             return None
         if not _will_retry(terminal, claim):  # a failed attempt that runs again keeps no outputs

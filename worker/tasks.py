@@ -1,27 +1,15 @@
-"""The single RQ entry point, enqueued by dotted path as ``worker.tasks.run_invocation``.
+"""The RQ job function the gateway enqueues by dotted path: ``worker.tasks.run_invocation``.
 
-RQ calls it with only the JSON payload, so the worker's runtime (settings, Redis, imported
-prefabs) is installed once per process by :func:`install_runtime` at worker start, before any
-work horse is forked, and read here.
+Jobs are real RQ jobs, but the factory's worker (``worker.engine``) does not run them through
+RQ: it reads the request from the RQ job and hands it to its work horse, after claiming the job.
+The function exists so the job names something real; it refuses to run under a plain
+``rq worker``, which would take the job without claiming it (no heartbeat, nobody to settle it).
 """
-
-from factory.jobs import InvocationRequest
-from factory.logs import job_context
-from worker.runner import InvocationRunner, WorkerRuntime
-
-_runtime: WorkerRuntime | None = None
-
-
-def install_runtime(runtime: WorkerRuntime) -> None:
-    """Make the runtime available to jobs run by this process and its work horses."""
-    global _runtime
-    _runtime = runtime
 
 
 def run_invocation(payload: dict[str, object]) -> None:
-    """Run one invocation; its outcome is in its events and record, not in RQ's result."""
-    if _runtime is None:
-        raise RuntimeError("worker runtime not installed (start workers with `factory worker`)")
-    request = InvocationRequest.model_validate(payload)
-    with job_context(request.job_id):
-        InvocationRunner(_runtime, request, _runtime.claims.get(request.job_id)).run()
+    """Refuse: factory jobs run only in the factory's own workers."""
+    raise RuntimeError("factory jobs are run by `factory worker` (python -m worker), not by `rq worker`")
+
+
+TASK = f"{run_invocation.__module__}.{run_invocation.__qualname__}"

@@ -159,3 +159,26 @@ def list_inputs() -> Iterator[dict[str, Any]]:
         for group in sorted(inputs.iterdir())
     }
     yield {"type": "done", "data": groups}
+
+
+def whoami() -> dict[str, Any]:
+    return {"pid": os.getpid()}
+
+
+_LEFT: dict[str, str] = {}  # module state lives on from one job to the next of the same work horse
+
+
+def leak_state(name: str) -> dict[str, Any]:
+    sigterm = "ignored" if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN else "handled"
+    seen = {"pid": os.getpid(), "env": os.environ.get(name), "module": _LEFT.get(name), "sigterm": sigterm}
+    os.environ[name] = "left by an earlier job"
+    _LEFT[name] = "left by an earlier job"
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    return seen
+
+
+def stubborn(seconds: float) -> Iterator[dict[str, Any]]:
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)  # the factory's deadline can no longer stop it
+    yield {"type": "start", "data": {"seconds": seconds}}
+    time.sleep(seconds)
+    yield {"type": "done", "data": {"slept": seconds}}
