@@ -142,7 +142,13 @@ class FactoryClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport, trust_env=trust_env
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout_s,
+            transport=transport,
+            trust_env=trust_env,
+            # Drop idle connections before servers commonly do (5 s), so a request never races a close.
+            limits=httpx.Limits(keepalive_expiry=4.0),
         )
 
     def close(self) -> None:
