@@ -12,6 +12,7 @@ from factory.eventlog import APPEND_LUA, Outcome, append_args, append_keys, pars
 from factory.events import WORKER_LOST
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
 from factory.settings import Settings
+from worker.rqjobs import RQJobs
 
 
 @pytest.fixture
@@ -111,3 +112,24 @@ def test_the_reaper_settles_only_lapsed_heartbeats(client: redis.Redis, settings
     assert _record(client, live_job).status is JobStatus.QUEUED
     assert client.zrange(keys.running_jobs_key(), 0, -1) == [live.member.encode()]
     assert reaper.reap_once(client, settings, "test") == 0
+
+
+def test_a_job_seen_by_an_idle_worker_stays_queued_until_taken(client: redis.Redis, settings: Settings) -> None:
+    """A worker that dies between seeing a job and taking it leaves the job for another worker."""
+    job_id = _new_job(client, settings)
+    queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
+    first = RQJobs(settings, client, client, "first")
+    second = RQJobs(settings, client, client, "second")
+    first.load_scripts()
+    assert first.take(1) == job_id  # ... and the first worker dies here
+    assert queue.job_ids == [job_id]
+    assert second.take(1) == job_id
+    takes = []
+    for jobs, token in ((second, "t2"), (first, "t1")):  # both try; one wins
+        with client.pipeline(transaction=False) as pipe:
+            jobs.take_on(pipe, job_id, token, lost_after_s=30)
+            takes.append(jobs.parse_take(pipe.execute()[-1]))
+    assert takes[0] is not None and takes[0].attempt == 1 and takes[0].runnable is not None
+    assert takes[1] is None
+    assert queue.job_ids == []
+    assert _record(client, job_id).status is JobStatus.STARTED

@@ -139,18 +139,15 @@ class Engine:
         self._take_delay_s = 0.0
         if job_id is None:
             return None
+        if self._signals:  # seen as the stop signal came: it stays on the queue for another worker
+            return None
+        token = uuid.uuid4().hex
         try:
-            if self._signals:  # taken as the stop signal came: it goes back, to the front
-                self.steps.retrying(
-                    "put the job back", lambda: self.jobs.put_back(job_id), job_id, self.settings.redis_outage_s
-                )
-                return None
-            token = uuid.uuid4().hex
             take = self.steps.retrying(
                 "take the job", lambda: self._step(None, job_id, token), job_id, self.settings.redis_outage_s
             )
         except Unreachable:
-            logger.error("Redis unreachable: the job taken off the queue is lost", extra={"job_id": job_id})
+            logger.error("Redis unreachable: the job stays queued for another take", extra={"job_id": job_id})
             return None
         return self._accept(take, token)
 

@@ -40,12 +40,13 @@ DEFAULT_MARGIN_S = 30.0
 # it started there, and claims its factory record (``factory.eventlog.CLAIM_FUNCTION``): one
 # round trip. The keys of a popped job are built here, from the parts RQ and ``factory.keys``
 # give around its id, so this script could not run on a Redis Cluster (nor could RQ).
-# KEYS: RQ queue, running set. ARGV: 1 job id ('' = pop the next), 2/3 RQ job key and 4/5 factory
-# job key before/after the id, 6 execution token, 7 heartbeat deadline (ms), 8 how many items
-# follow for RQ, then RQ's field/value pairs of the start, then the record's.
-# Replies false when the queue is empty, else {id, RQ data, RQ timeout, attempt} where attempt
-# is below 1 when the job cannot be claimed, and RQ data false when RQ has no such job. The
-# running-set member is ``<id>:<token>``, as ``factory.reaper.Claim.member``.
+# KEYS: RQ queue, running set. ARGV: 1 job id ('' = pop the next; else removed from the queue
+# here), 2/3 RQ job key and 4/5 factory job key before/after the id, 6 execution token,
+# 7 heartbeat deadline (ms), 8 how many items follow for RQ, then RQ's field/value pairs of the
+# start, then the record's. Replies false when the queue is empty (or the given id is no longer
+# on it), else {id, RQ data, RQ timeout, attempt} where attempt is below 1 when the job cannot be
+# claimed, and RQ data false when RQ has no such job. The running-set member is
+# ``<id>:<token>``, as ``factory.reaper.Claim.member``.
 TAKE_LUA = (
     CLAIM_FUNCTION
     + """
@@ -53,6 +54,8 @@ local id = ARGV[1]
 if id == '' then
   id = redis.call('LPOP', KEYS[1])
   if not id then return false end
+elseif redis.call('LREM', KEYS[1], -1, id) == 0 then
+  return false  -- another worker took it first
 end
 local rq_job = ARGV[2] .. id .. ARGV[3]
 local data, timeout = unpack(redis.call('HMGET', rq_job, 'data', 'timeout'))
@@ -105,13 +108,20 @@ class RQJobs:
         self._job_key = _around_id(keys.job_key)
 
     def take(self, timeout_s: float) -> str | None:
-        """The next job id on the queue, waiting up to ``timeout_s``; None if there was none."""
-        reply: tuple[bytes, bytes] | None = self.blocking.blpop([self.queue.key], timeout=timeout_s)  # type: ignore[assignment]
-        return None if reply is None else reply[1].decode()
+        """The next job id on the queue, waiting up to ``timeout_s``; None if there was none.
 
-    def put_back(self, job_id: str) -> None:
-        """Return a job taken but never started to the front of the queue."""
-        self.queue.push_job_id(job_id, at_front=True)
+        The id stays on the queue (moved from its head to its tail, where the take step removes
+        it with the claim, atomically): a worker that dies between the two leaves the job queued
+        for another, never lost. Two idle workers may see the same id; one take step wins.
+        """
+        reply: bytes | None = self.blocking.blmove(  # type: ignore[assignment]
+            self.queue.key,
+            self.queue.key,
+            timeout_s,  # type: ignore[arg-type]  # Redis takes fractions of a second; the stub says int
+            "LEFT",
+            "RIGHT",
+        )
+        return None if reply is None else reply.decode()
 
     def take_on(self, pipe: Pipeline, job_id: str | None, token: str, lost_after_s: float) -> None:
         """Queue on ``pipe`` the take of ``job_id`` (None: the queue's next) by execution ``token``.
