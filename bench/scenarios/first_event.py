@@ -1,6 +1,7 @@
 """Scenario 3, time to first event: ``POST /invoke`` of a trivial call → its first event parsed
-by the client, one job after another; beside it plain RQ enqueue→start (the same forking
-worker class) and Celery enqueue→start (prefork, Redis broker), measured in the same run.
+by the client, one job after another (and the seed's one-request form → its result); beside it
+plain RQ enqueue→start (RQ's forking worker) and Celery enqueue→start (prefork, Redis broker),
+measured in the same run.
 Also trivial jobs/s per worker: jobs queued while no worker runs, then one worker drains them.
 """
 
@@ -8,7 +9,7 @@ import asyncio
 import time
 
 from bench import queues
-from bench.calls import events_path, final_records, host_port, invoke, submit_many
+from bench.calls import PREFAB, events_path, final_records, host_port, invoke, submit_many
 from bench.context import Context
 from bench.results import Figure, ScenarioResult, Target, percentile
 from bench.sse_client import read_stream
@@ -32,6 +33,18 @@ async def _sequential_ms(ctx: Context, stack: FactoryStack) -> tuple[list[float]
     return times, job_ids
 
 
+async def _seed_form_ms(ctx: Context, stack: FactoryStack) -> list[float]:
+    """The seed's one-request form: ``POST /invoke/{prefab}/trivial`` answers with the result."""
+    times: list[float] = []
+    for _ in range(ctx.sizes.ttfe_jobs):
+        began_ns = time.time_ns()
+        response = await ctx.http.post(f"{stack.gateway.url}/invoke/{PREFAB}/trivial", json={"inputs": {}})
+        if response.status_code != 200 or response.json().get("status") != "finished":
+            raise RuntimeError(f"the seed form answered {response.status_code}: {response.text[:300]}")
+        times.append((time.time_ns() - began_ns) / 1e6)
+    return times
+
+
 async def _drain_rate(ctx: Context, stack: FactoryStack) -> float:
     """Trivial jobs per second of one worker, from its first job's start to its last job's end."""
     ctx.cluster.stop(stack.workers)
@@ -51,6 +64,7 @@ async def run(ctx: Context) -> ScenarioResult:
     celery = await ctx.baseline("celery", queues.celery)
     async with factory_stack(ctx) as stack:
         ttfe, job_ids = await _sequential_ms(ctx, stack)
+        seed_form = await _seed_form_ms(ctx, stack)
         records = await final_records(stack.redis, job_ids, timeout_s=60)
         rate = await _drain_rate(ctx, stack)
     internal = [float((r.started_ms or 0) - r.created_ms) for r in records]
@@ -66,6 +80,14 @@ async def run(ctx: Context) -> ScenarioResult:
             Target("ratio", "<=", 1.0),
         ),
         Figure(NAME, "POST /invoke → first event p99", p99, "ms", "celery enqueue→start p99", celery["start_p99_ms"]),
+        Figure(
+            NAME,
+            "seed form POST /invoke/{fn} → result p50",
+            percentile(seed_form, 50),
+            "ms",
+            "celery enqueue→start p50",
+            celery["start_p50_ms"],
+        ),
         Figure(NAME, "POST /invoke → first event p50 vs rq", p50, "ms", "rq enqueue→start p50", rq["start_p50_ms"]),
         Figure(
             NAME,
@@ -91,6 +113,8 @@ async def run(ctx: Context) -> ScenarioResult:
         "ttfe_p50_ms": p50,
         "ttfe_p99_ms": p99,
         "ttfe_max_ms": max(ttfe, default=float("nan")),
+        "seed_form_p50_ms": percentile(seed_form, 50),
+        "seed_form_p99_ms": percentile(seed_form, 99),
         "enqueue_to_start_p50_ms": percentile(internal, 50),
         "enqueue_to_start_p99_ms": percentile(internal, 99),
         "jobs_per_s_per_worker": rate,
