@@ -396,11 +396,12 @@ def test_sigterm_past_the_grace_period_hands_a_retryable_job_to_another_worker(m
     make_stack.env["FACTORY_SHUTDOWN_GRACE_S"] = "1"
     gateway = make_stack.start_gateway()
     stopping = make_stack.start_worker()
-    job_id = invoke(gateway.url, "counter", {"count": 40, "delay_s": 0.05}, retries=1)
+    # 3 s of work against a 1 s grace period: the job cannot end inside it, however slow the machine.
+    job_id = invoke(gateway.url, "counter", {"count": 60, "delay_s": 0.05}, retries=1)
     reader = follow(events_url(gateway, job_id))
     reader.wait_for(3)
+    stopping.signal(signal.SIGTERM)  # first: a stopping worker takes no new job, so the retry goes elsewhere
     make_stack.start_worker()
-    stopping.signal(signal.SIGTERM)
     events = reader.finish()
     assert_contiguous(events)
     (retry,) = [e for e in events if e.type == "retry"]
