@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from factory import logs
+from factory import cli_deploy, logs
 from factory.catalog import Catalog
 from factory.cli_events import EventPrinter
 from factory.client import FactoryClient, FactoryClientError
@@ -52,7 +52,7 @@ StateDirOption = Annotated[
 ]
 
 # Commands whose own output reports everything: library logs only on --verbose.
-_QUIET_LOGS = {"validate", "new", "invoke"}
+_QUIET_LOGS = {"validate", "new", "invoke", "deploy", "undeploy"}
 
 
 def _stderr() -> Console:
@@ -115,9 +115,17 @@ def gateway(
 
 
 @app.command()
-def worker(prefabs: PrefabsOption = None, redis_url: RedisOption = None) -> None:
+def worker(
+    prefabs: Annotated[
+        str | None,
+        typer.Option(
+            "--prefabs", help="Serve only these prefab ids, comma-separated [env FACTORY_SERVE_PREFABS; default: all]."
+        ),
+    ] = None,
+    redis_url: RedisOption = None,
+) -> None:
     """Run one worker (python -m worker) against REDIS_URL."""
-    _exec_module("worker", _settings(prefabs=prefabs or None, redis_url=redis_url))
+    _exec_module("worker", _settings(serve_prefabs=prefabs, redis_url=redis_url))
 
 
 def _exec_module(module: str, settings: Settings) -> None:
@@ -250,6 +258,10 @@ def new(
         f"next: [bold]factory validate {escape(str(folder))}[/bold], then "
         f"[bold]factory invoke {FUNCTION_NAME} --prefab {escape(name)} -i text=hello[/bold]"
     )
+
+
+app.command()(cli_deploy.deploy)
+app.command()(cli_deploy.undeploy)
 
 
 if __name__ == "__main__":

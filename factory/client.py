@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Generator, Iterator
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -95,6 +96,15 @@ class PrefabSummary(_Lenient):
     problems: list[str] = Field(default_factory=list)
 
 
+class DeploymentView(_Lenient):
+    deployment_id: str
+    prefab_id: str
+    version: str
+    state: str
+    reason: str | None = None
+    job_id: str | None = None
+
+
 class StreamedEvent(BaseModel):
     """One event of a job's stream: its ``seq`` (the SSE ``id``) and the event itself."""
 
@@ -169,16 +179,47 @@ class FactoryClient:
         prefab_id: str | None = None,
         files: dict[str, list[str]] | None = None,
         retries: int | None = None,
+        version: str | None = None,
     ) -> InvokeAccepted:
         """Queue a call (``POST /invoke``); its events are read with :meth:`events`."""
         body: dict[str, Any] = {"function_name": function_name, "inputs": inputs or {}}
         if prefab_id is not None:
             body["prefab_id"] = prefab_id
+        if version is not None:
+            body["version"] = version
         if files:
             body["files"] = files
         if retries is not None:
             body["retries"] = retries
         return InvokeAccepted.model_validate(self._request("POST", "/invoke", json=body))
+
+    def deploy(self, wheel: Path, prefab_id: str, version: str, signature: str | None = None) -> DeploymentView:
+        """Deploy a prefab wheel (``POST /v1/deploy``); follow its build with :meth:`events` of its ``job_id``."""
+        headers = {"X-Hub-Signature-256": signature} if signature else {}
+        with wheel.open("rb") as handle:
+            answer = self._request(
+                "POST",
+                "/v1/deploy",
+                data={"prefab_id": prefab_id, "version": version},
+                files={"whl_file": (wheel.name, handle, "application/octet-stream")},
+                headers=headers,
+            )
+        return DeploymentView.model_validate(answer)
+
+    def deployment(self, deployment_id: str) -> DeploymentView:
+        """A deployment's record (``GET /v1/deployments/{id}``)."""
+        path = "/v1/deployments/" + quote(deployment_id, safe="")
+        return DeploymentView.model_validate(self._request("GET", path))
+
+    def deployments(self, prefab_id: str | None = None) -> list[DeploymentView]:
+        params = {"prefab_id": prefab_id} if prefab_id else {}
+        answer = self._request("GET", "/v1/deployments", params=params)
+        return [DeploymentView.model_validate(item) for item in answer.get("deployments", [])]
+
+    def undeploy(self, deployment_id: str) -> DeploymentView:
+        """Retire a deployment (``DELETE /v1/deployments/{id}``)."""
+        path = "/v1/deployments/" + quote(deployment_id, safe="")
+        return DeploymentView.model_validate(self._request("DELETE", path))
 
     def job(self, job_id: str) -> JobView:
         """The job's status and, once it ended, its output or error (``GET /jobs/{id}``)."""

@@ -12,6 +12,8 @@
      ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
      ├── ValidationFailed        422 VALIDATION_ERROR
      ├── ServiceUnavailable      503 SERVICE_UNAVAILABLE
+     │    ├── PrefabUnavailable  503 PREFAB_UNAVAILABLE (the version failed to deploy, or is building)
+     │    └── NoWorker           503 NO_WORKER (no live worker serves the prefab)
      └── ManifestError           a prefab folder that cannot be served (never sent to callers)
 
 The gateway maps them to HTTP in one exception handler; nothing else knows status codes.
@@ -81,3 +83,15 @@ class ServiceUnavailable(FactoryError):
 
 class ManifestError(FactoryError):
     """A prefab folder that cannot be served: its path and the reason."""
+
+
+class PrefabUnavailable(ServiceUnavailable):
+    """The prefab version exists but cannot run: it failed to deploy (the reason says why) or is building."""
+
+    code = "PREFAB_UNAVAILABLE"
+
+
+class NoWorker(ServiceUnavailable):
+    """No live worker serves the prefab, so a job would wait with nobody to run it."""
+
+    code = "NO_WORKER"

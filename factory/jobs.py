@@ -10,7 +10,7 @@ import secrets
 import time
 import uuid
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
@@ -50,6 +50,9 @@ class InvocationRequest(BaseModel):
     job_id: str
     prefab_id: str
     function_name: str
+    version: str = ""
+    deployment_id: str = Field(default="", description="the deployment it runs on, to its end")
+    kind: Literal["call", "deploy"] = "call"  # deploy: the job builds its deployment (``worker.builder``)
     inputs: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, list[str]] = Field(default_factory=dict)
     timeout_s: float
@@ -73,6 +76,7 @@ class JobRecord(BaseModel):
     job_id: str
     prefab_id: str
     function_name: str
+    version: str | None = None
     status: JobStatus
     created_ms: int
     started_ms: int | None = None

@@ -50,3 +50,38 @@ def sweep_lock_key() -> str:
 def reaper_lock_key() -> str:
     """Lock taken by the one process per interval that looks for lost jobs (lapsed heartbeats)."""
     return f"{NAMESPACE}:reaper-lock"
+
+
+def deployments_key() -> str:
+    """Hash of every deployment the factory knows: deployment id → its record (JSON); the catalog."""
+    return f"{NAMESPACE}:deployments"
+
+
+def deployments_version_key() -> str:
+    """Counter bumped with every change of :func:`deployments_key`, so readers reload only on change."""
+    return f"{NAMESPACE}:deployments-version"
+
+
+def prefab_queue_name(base: str, prefab_id: str) -> str:
+    """The RQ queue of one prefab's calls (RQ keeps it under ``rq:queue:<name>``)."""
+    return f"{base}.{prefab_id}"
+
+
+def deploy_queue_name(base: str) -> str:
+    """The RQ queue of deployment builds, which every worker serves."""
+    return f"{base}.deploy"
+
+
+def doorbell_key(queue_name: str) -> str:
+    """List an enqueue pushes a token onto, to wake the workers blocked on that queue."""
+    return f"{NAMESPACE}:doorbell:{queue_name}"
+
+
+def workers_key() -> str:
+    """Sorted set of live workers scored by when their announcement lapses (ms)."""
+    return f"{NAMESPACE}:workers"
+
+
+def worker_key(worker_name: str) -> str:
+    """A worker's announcement (JSON): what it serves, which environments it holds; expires with it."""
+    return f"{NAMESPACE}:worker:{worker_name}"

@@ -120,9 +120,48 @@ class FunctionSpec(_Open):
         return {name: group for name, group in self.files.items() if group.is_input}
 
 
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|k)?\s*$")
+_MEMORY_UNITS = {
+    None: 1,
+    "k": 1000,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+}
+
+
+def memory_bytes(value: str | int | None) -> int:
+    """A Kubernetes-style quantity (``256Mi``, ``1G``, ``1048576``) in bytes; 0 for none."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    match = _MEMORY.match(value)
+    if match is None:
+        raise ValueError(f"memory {value!r} is not a quantity like 256Mi, 1Gi or 512M")
+    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+
+
 class ExecutionEnvironment(_Open):
+    """Resources of the prefab's process: ``memory`` is enforced, ``cpu`` is recorded (docs/deployments.md)."""
+
     cpu: str | int | float | None = None
     memory: str | int | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _quantity(cls, value: str | int | None) -> str | int | None:
+        memory_bytes(value)
+        return value
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        return memory_bytes(self.memory)
 
 
 class Manifest(_Open):

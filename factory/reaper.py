@@ -39,6 +39,7 @@ from rq.serializers import JSONSerializer
 
 from factory import keys
 from factory.connections import RETRYABLE
+from factory.enqueue import DOORBELL_TTL_S
 from factory.eventlog import (
     APPEND_LUA,
     CLAIM_LUA,
@@ -125,7 +126,7 @@ def settle(
         return Settled.ENDED
     current = execution.decode() if isinstance(execution, bytes) else ""
     if current == RETRY_PREFIX + token:
-        return Settled.REQUEUED if requeue(client, settings.queue_name, job_id) else Settled.GONE
+        return Settled.REQUEUED if requeue(client, job_id) else Settled.GONE
     if current != token:
         return Settled.GONE if execution is None and attempt is None else Settled.SUPERSEDED
     attempt_n = int(attempt or 1)
@@ -136,7 +137,7 @@ def settle(
         result = parse_append(script(keys=append_keys(job_id), args=args))
         if result.outcome is not Outcome.APPENDED:
             return Settled.ENDED
-        return Settled.RETRIED if requeue(client, settings.queue_name, job_id) else Settled.GONE
+        return Settled.RETRIED if requeue(client, job_id) else Settled.GONE
     args = terminal_error_args(code, message, retention_s=settings.retention_s, token=token)
     result = parse_append(script(keys=append_keys(job_id), args=args))
     return Settled.FAILED if result.outcome is Outcome.APPENDED else Settled.ENDED
@@ -152,20 +153,22 @@ def max_attempts(client: redis.Redis, job_id: str) -> int:
         return 1
 
 
-def requeue(client: redis.Redis, queue_name: str, job_id: str) -> bool:
-    """Put the RQ job back on its queue (once, however often it is called)."""
-    queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
+def requeue(client: redis.Redis, job_id: str) -> bool:
+    """Put the RQ job back on the queue it came from (once, however often it is called), waking its workers."""
     try:
         job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
     except NoSuchJobError:
         logger.error("cannot requeue: RQ no longer has the job", extra={"job_id": job_id})
         return False
+    queue = Queue(job.origin, connection=client, serializer=JSONSerializer)
     if job.get_status(refresh=False) == JobStatus.QUEUED and client.lpos(queue.key, job_id) is not None:
         return True  # someone requeued it already
     job.started_at = None
     job.ended_at = None
     job.worker_name = None
     queue.enqueue_job(job)
+    client.rpush(keys.doorbell_key(queue.name), 1)
+    client.expire(keys.doorbell_key(queue.name), DOORBELL_TTL_S)
     return True
 
 

@@ -78,6 +78,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # Deployments (docs/deployments.md).
+    env_dir: Path | None = None  # where prefab environments are built; default <state_dir>/envs
+    runner_user: str | None = None  # as root, prefab processes run as this user (e.g. nobody)
+    max_runners_per_horse: int = Field(default=4, ge=1)  # prefab versions a work horse keeps running
+    serve_prefabs: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a worker's prefabs (all: empty)
+    deploy_secret: str | None = Field(default=None, repr=False)  # HMAC key of X-Hub-Signature-256 on /v1/deploy
+    deploy_webhook_url: str | None = None
+    deploy_webhook_secret: str | None = Field(default=None, repr=False)
+    deploy_timeout_s: float = 900.0
+    max_wheel_bytes: int = 200 * 1024 * 1024
+    queue_without_worker: bool = False  # queue a call no live worker serves, instead of 503 NO_WORKER
+
     @field_validator("prefabs", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:
@@ -85,7 +97,7 @@ class Settings(BaseSettings):
             return [Path(p) for p in value.split(os.pathsep) if p]
         return value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "serve_prefabs", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -100,6 +112,9 @@ class Settings(BaseSettings):
     def public_base_url(self) -> str:
         """Base of the URLs handed to callers (output files): FACTORY_PUBLIC_URL, else this host and port."""
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def environments_dir(self) -> Path:
+        return self.env_dir or self.state_dir / "envs"
 
     def require_redis_url(self) -> str:
         """The Redis URL, which every process but ``factory up`` must be given."""
@@ -116,7 +131,16 @@ STORAGE_CREDENTIAL_VARS = frozenset(
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 )
 # The factory's own credentials: parsed into Settings at start, then kept from prefab code.
-FACTORY_CREDENTIAL_VARS = frozenset({"REDIS_URL", "FACTORY_REDIS_URL", "FACTORY_API_KEYS", "FACTORY_TOKEN_SECRET"})
+FACTORY_CREDENTIAL_VARS = frozenset(
+    {
+        "REDIS_URL",
+        "FACTORY_REDIS_URL",
+        "FACTORY_API_KEYS",
+        "FACTORY_TOKEN_SECRET",
+        "FACTORY_DEPLOY_SECRET",
+        "FACTORY_DEPLOY_WEBHOOK_SECRET",
+    }
+)
 
 
 def read_secret_values(names: set[str]) -> dict[str, str]:

@@ -53,9 +53,9 @@ def _shape(node: ast.FunctionDef | ast.AsyncFunctionDef) -> FunctionShape:
     )
 
 
-def read_shapes(source_path: Path) -> dict[str, FunctionShape]:
-    """Top-level functions of a module; raises ``SyntaxError``/``OSError`` as reading does."""
-    tree = ast.parse(source_path.read_bytes(), filename=str(source_path))
+def read_shapes(source: bytes | str, filename: str = "src/main.py") -> dict[str, FunctionShape]:
+    """Top-level functions of a module's source; raises ``SyntaxError``/``ValueError`` as parsing does."""
+    tree = ast.parse(source, filename=filename)
     return {node.name: _shape(node) for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
 
 
@@ -78,15 +78,22 @@ def function_problems(spec: FunctionSpec, shape: FunctionShape | None) -> list[s
     return problems
 
 
-def manifest_problems(manifest: Manifest, source_path: Path) -> list[str]:
-    """Every mismatch between a manifest and its ``src/main.py`` (messages without the path)."""
+def source_problems(manifest: Manifest, source: bytes | str) -> list[str]:
+    """Every mismatch between a manifest and the text of its ``src/main.py``."""
     try:
-        shapes = read_shapes(source_path)
-    except FileNotFoundError:
-        return ["file not found"]
+        shapes = read_shapes(source)
     except (SyntaxError, ValueError) as exc:
         return [f"cannot be parsed: {exc}"]
     problems: list[str] = []
     for spec in manifest.functions:
         problems.extend(function_problems(spec, shapes.get(spec.name)))
     return problems
+
+
+def manifest_problems(manifest: Manifest, source_path: Path) -> list[str]:
+    """Every mismatch between a manifest and its ``src/main.py`` file (messages without the path)."""
+    try:
+        source = source_path.read_bytes()
+    except FileNotFoundError:
+        return ["file not found"]
+    return source_problems(manifest, source)

@@ -1,7 +1,8 @@
 """create_app(): the gateway's FastAPI application, started with ``uvicorn --factory``.
 
-The lifespan opens Redis (async for reads and the relay, sync for RQ's enqueue), loads the
-catalog from the manifests alone (no prefab code is imported here) and starts the relay hub;
+The lifespan opens Redis (async for reads and the relay, sync for RQ's enqueue), deploys the
+configured prefab folders (records only: no prefab code is imported here), follows the catalog
+of deployments and starts the relay hub;
 everything is handed to routes through lifespan state.
 """
 
@@ -14,13 +15,14 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from factory import logs
-from factory.catalog import Catalog
 from factory.connections import redis_async, redis_sync
+from factory.registry import register_folders
 from factory.settings import Settings
 from factory.storage import storage_from_settings
-from gateway import errors, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
+from gateway import errors, routes_deploy, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
 from gateway.auth import Authenticator, requirement
 from gateway.body_limit import BodyLimit
+from gateway.catalog import CatalogView
 from gateway.deps import GatewayState
 from gateway.files import FileService
 from gateway.housekeeping import reap_forever, sweep_forever
@@ -39,7 +41,9 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         url = settings.require_redis_url()
         client = redis_async(url)
         sync_client = redis_sync(url)
-        catalog = Catalog.discover(settings.prefabs)
+        folders = await asyncio.to_thread(register_folders, sync_client, settings)
+        catalog = CatalogView(client, settings.queue_without_worker)
+        await catalog.refresh()
         hub = RelayHub(client)
         await hub.start()
         storage = storage_from_settings(settings)
@@ -52,10 +56,12 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             metrics=GatewayMetrics(),
             files=FileService(settings, client, storage),
             auth=authenticator,
+            broken_folders=[entry for entry in folders if not entry.ok],
         )
         chores = [
             asyncio.create_task(sweep_forever(settings, storage, sync_client), name="retention-sweep"),
             asyncio.create_task(reap_forever(settings, sync_client, f"gateway-{uuid.uuid4().hex}"), name="reaper"),
+            asyncio.create_task(catalog.follow(), name="catalog"),
         ]
         try:
             yield {"gateway": state}
@@ -90,8 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_jobs.router)
     app.include_router(routes_meta.router)
     app.include_router(routes_files.router)
+    app.include_router(routes_deploy.router)
     app.include_router(routes_ui.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/files",))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/files", "/v1/deploy"))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,14 +1,15 @@
 """Annotated dependencies: what a route needs, read from the app's lifespan state."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
-from factory.catalog import Catalog
+from factory.catalog import PrefabEntry
 from factory.settings import Settings
 from gateway.auth import Authenticator
+from gateway.catalog import CatalogView
 from gateway.files import FileService
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
@@ -21,12 +22,13 @@ class GatewayState:
 
     settings: Settings
     redis: aioredis.Redis
-    catalog: Catalog
+    catalog: CatalogView
     jobs: JobService
     hub: RelayHub
     metrics: GatewayMetrics
     files: FileService
     auth: Authenticator | None = None
+    broken_folders: list[PrefabEntry] = field(default_factory=list)  # configured folders that cannot be served
 
 
 def _state(request: Request) -> GatewayState:

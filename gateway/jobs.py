@@ -12,26 +12,23 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
 from factory import keys
-from factory.catalog import Catalog, Target
-from factory.errors import JobNotFound, ServiceUnavailable
+from factory.deployed import Target
+from factory.enqueue import enqueue
+from factory.errors import JobNotFound
 from factory.eventlog import APPEND_LUA, Outcome, append_keys, parse_append, terminal_error_args
 from factory.events import CANCELED
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
 from factory.settings import Settings
 from factory.validation import validate_file_groups, validate_inputs
+from gateway.catalog import CatalogView
 
 logger = logging.getLogger(__name__)
-
-TASK = "worker.tasks.run_invocation"
-# RQ's own deadline is a backstop behind the worker's: it kills a horse that ignores SIGALRM.
-RQ_TIMEOUT_MARGIN_S = 30
 
 
 @dataclass(frozen=True)
@@ -41,31 +38,34 @@ class Submitted:
 
 
 class JobService:
-    def __init__(self, settings: Settings, client: aioredis.Redis, sync_client: redis.Redis, catalog: Catalog):
+    def __init__(self, settings: Settings, client: aioredis.Redis, sync_client: redis.Redis, catalog: CatalogView):
         self.settings = settings
         self.client = client
         self.sync_client = sync_client
         self.catalog = catalog
-        self.queue = Queue(settings.queue_name, connection=sync_client, serializer=JSONSerializer)
         self._append = client.register_script(APPEND_LUA)
 
-    def prepare(
+    async def prepare(
         self,
         prefab_id: str | None,
         function_name: str,
         inputs: dict[str, Any],
         files: dict[str, list[str]],
         *,
+        version: str | None = None,
         retries: int | None = None,
     ) -> tuple[Target, InvocationRequest]:
-        """Resolve and validate a call; nothing touches Redis yet. ``retries`` overrides the manifest's."""
-        target = self.catalog.resolve(prefab_id, function_name)
+        """Route and validate a call; nothing is written yet. ``retries`` overrides the manifest's."""
+        target = await self.catalog.resolve(prefab_id, function_name, version)
         resolved = validate_inputs(target.function, inputs)
         validate_file_groups(target.function, files)
+        await self.catalog.check_served(target.deployment.prefab_id)
         request = InvocationRequest(
             job_id=new_job_id(),
-            prefab_id=target.manifest.id,
+            prefab_id=target.deployment.prefab_id,
             function_name=target.function.name,
+            version=target.deployment.version,
+            deployment_id=target.deployment.deployment_id,
             inputs=resolved,
             files=files,
             timeout_s=target.function.timeout or self.settings.default_timeout_s,
@@ -79,33 +79,13 @@ class JobService:
             job_id=request.job_id,
             prefab_id=request.prefab_id,
             function_name=request.function_name,
+            version=request.version,
             status=JobStatus.QUEUED,
             created_ms=request.created_ms,
             streaming=target.function.streaming,
         )
-        await asyncio.to_thread(self._enqueue, record, request)
+        await asyncio.to_thread(enqueue, self.sync_client, self.settings, record, request)
         return record
-
-    def _enqueue(self, record: JobRecord, request: InvocationRequest) -> None:
-        if self.queue.count >= self.settings.max_queue_length:
-            raise ServiceUnavailable(
-                f"the queue is full ({self.settings.max_queue_length} jobs waiting)", retry_after_s=5
-            )
-        with self.sync_client.pipeline() as pipe:
-            pipe.multi()
-            pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
-            pipe.zadd(keys.recent_jobs_key(), {record.job_id: record.created_ms})
-            self.queue.enqueue_call(
-                TASK,
-                args=[request.model_dump(mode="json")],
-                job_id=request.job_id,
-                timeout=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
-                result_ttl=self.settings.retention_s,
-                failure_ttl=self.settings.retention_s,
-                description=f"{request.prefab_id}.{request.function_name}",
-                pipeline=pipe,
-            )
-            pipe.execute()
 
     async def get(self, job_id: str) -> tuple[JobRecord, int]:
         """The job's record and its last event id; :class:`JobNotFound` when unknown or expired."""

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from factory.catalog import Target
+from factory.deployed import Target
 from factory.jobs import InvocationRequest, JobStatus
 from gateway.deps import GatewayState, StateDep
 from gateway.relay import EventStream, ReaderLimits
@@ -27,10 +27,12 @@ router = APIRouter(
 )
 
 
-def _prepare(
+async def _prepare(
     state: GatewayState, prefab_id: str | None, function_name: str, body: CallBody
 ) -> tuple[Target, InvocationRequest]:
-    return state.jobs.prepare(prefab_id, function_name, body.call_inputs, body.files, retries=body.retries)
+    return await state.jobs.prepare(
+        prefab_id, function_name, body.call_inputs, body.files, version=body.version, retries=body.retries
+    )
 
 
 async def _enqueue(state: GatewayState, target: Target, request: InvocationRequest) -> None:
@@ -61,7 +63,7 @@ def _accepted(state: GatewayState, http: Request, job_id: str) -> InvokeAccepted
 @router.post("/invoke", status_code=202, response_model=InvokeAccepted)
 async def invoke(body: InvokeBody, http: Request, response: Response, state: StateDep) -> InvokeAccepted:
     """Enqueue a call and answer at once with the job id and where to follow it."""
-    target, request = _prepare(state, body.prefab_id, body.function_name, body)
+    target, request = await _prepare(state, body.prefab_id, body.function_name, body)
     await _enqueue(state, target, request)
     accepted = _accepted(state, http, request.job_id)
     response.headers["Location"] = accepted.status_url
@@ -72,7 +74,7 @@ async def _seed_invoke(
     state: GatewayState, http: Request, prefab_id: str | None, function_name: str, body: SeedInvokeBody
 ) -> Response:
     """Streaming: the new job's SSE stream. Non-streaming: the result once the job ends."""
-    target, request = _prepare(state, prefab_id, function_name, body)
+    target, request = await _prepare(state, prefab_id, function_name, body)
     job_id = request.job_id
     if target.function.streaming:
         check_capacity(state, job_id)  # before the enqueue: a refused caller must not leave an orphan job

@@ -1,43 +1,83 @@
 """The catalog and the process: ``/prefabs``, ``/healthz``, ``/readyz``, ``/metrics``."""
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from factory.catalog import PrefabEntry
-from factory.errors import ServiceUnavailable
+from factory.deployed import DeployedCatalog
+from factory.deployments import Deployment, DeploymentSource
+from factory.errors import PrefabNotFound, ServiceUnavailable
 from gateway.deps import StateDep
-from gateway.schemas import ErrorResponse, Health, PrefabList, PrefabSummary
+from gateway.schemas import ErrorResponse, Health, PrefabList, PrefabSummary, VersionView
 
 router = APIRouter()
 
 
-def _summary(entry: PrefabEntry) -> PrefabSummary:
+def _version(deployment: Deployment) -> VersionView:
+    return VersionView(
+        version=deployment.version,
+        state=deployment.state,
+        reason=deployment.reason,
+        deployment_id=deployment.deployment_id,
+        source=deployment.source,
+        deployed_at=datetime.fromtimestamp(deployment.created_ms / 1000, tz=UTC),
+        functions=[f.name for f in deployment.manifest.functions],
+    )
+
+
+def _summary(catalog: DeployedCatalog, prefab_id: str) -> PrefabSummary:
+    versions = catalog.versions(prefab_id)
+    default = catalog.newest_ready(prefab_id) or versions[0]
+    manifest = default.manifest
+    return PrefabSummary(
+        id=prefab_id,
+        status=default.state.value,
+        version=default.version,
+        name=manifest.name,
+        description=manifest.description,
+        functions=[f.name for f in manifest.functions],
+        versions=[_version(d) for d in versions],
+        path=default.location if default.source is DeploymentSource.FOLDER else None,
+        problems=[default.reason] if default.reason else [],
+    )
+
+
+def _broken(entry: PrefabEntry) -> PrefabSummary:
     manifest = entry.manifest
     return PrefabSummary(
         id=manifest.id if manifest else None,
-        path=str(entry.path),
-        status="loaded" if entry.ok else "broken",
+        status="broken",
         version=manifest.version if manifest else None,
         name=manifest.name if manifest else None,
-        description=manifest.description if manifest else None,
-        functions=[f.name for f in manifest.functions] if manifest else [],
+        path=str(entry.path),
         problems=list(entry.problems),
     )
 
 
 @router.get("/prefabs", response_model=PrefabList, tags=["prefabs"])
 async def list_prefabs(state: StateDep) -> PrefabList:
-    """Every prefab found, loaded or broken (with the reasons)."""
-    return PrefabList(prefabs=[_summary(e) for e in state.catalog.entries])
+    """Every deployed prefab with its versions and their states, and the configured folders that are broken."""
+    catalog = state.catalog.current
+    summaries = [_summary(catalog, prefab_id) for prefab_id in catalog.by_prefab]
+    return PrefabList(prefabs=summaries + [_broken(e) for e in state.broken_folders])
 
 
 @router.get("/prefabs/{prefab_id}", tags=["prefabs"], responses={404: {"model": ErrorResponse}})
-async def get_prefab(prefab_id: str, state: StateDep) -> Response:
-    """The loaded prefab's whole manifest."""
-    manifest = state.catalog.get(prefab_id).manifest
-    assert manifest is not None
-    return Response(manifest.model_dump_json(by_alias=True, exclude_none=True), media_type="application/json")
+async def get_prefab(prefab_id: str, state: StateDep, version: str | None = None) -> Response:
+    """The manifest of the prefab's version (default: the one a call without a version runs)."""
+    catalog = state.catalog.current
+    versions = catalog.versions(prefab_id)
+    if version is None:
+        chosen = catalog.newest_ready(prefab_id) or versions[0]
+    else:
+        found = [d for d in versions if d.version == version]
+        if not found:
+            raise PrefabNotFound(f"prefab {prefab_id!r} has no version {version!r}")
+        chosen = found[0]
+    return Response(chosen.manifest.model_dump_json(by_alias=True, exclude_none=True), media_type="application/json")
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])

@@ -7,6 +7,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from factory.deployments import Deployment, DeploymentSource, DeploymentState
 from factory.events import ErrorInfo
 from factory.jobs import JobRecord, JobStatus
 
@@ -43,6 +44,9 @@ class CallBody(BaseModel):
     inputs: JsonObject | None = None
     parameters: JsonObject | None = None
     files: FileGroups = Field(default_factory=dict)
+    version: str | None = Field(
+        default=None, max_length=64, description="the prefab version to run (default: the newest ready one)"
+    )
     retries: int | None = Field(
         default=None,
         ge=0,
@@ -91,6 +95,7 @@ class JobView(BaseModel):
     job_id: str
     prefab_id: str
     function_name: str
+    version: str | None = None
     status: JobStatus
     created_at: datetime
     started_at: datetime | None = None
@@ -108,6 +113,7 @@ class JobView(BaseModel):
             job_id=record.job_id,
             prefab_id=record.prefab_id,
             function_name=record.function_name,
+            version=record.version,
             status=record.status,
             created_at=_iso(record.created_ms) or datetime.now(UTC),
             started_at=_iso(record.started_ms),
@@ -145,19 +151,68 @@ class JobList(BaseModel):
     jobs: list[JobView]
 
 
+class VersionView(BaseModel):
+    """One deployed version of a prefab."""
+
+    version: str
+    state: DeploymentState
+    reason: str | None = Field(default=None, description="why it failed to deploy")
+    deployment_id: str
+    source: DeploymentSource
+    deployed_at: datetime
+    functions: list[str]
+
+
 class PrefabSummary(BaseModel):
+    """A prefab: its newest version's description, and every live version with its state."""
+
     id: str | None
-    path: str
-    status: str = Field(description="loaded | broken")
-    version: str | None = None
+    status: str = Field(description="ready | building | failed (its newest version's), or broken (a folder)")
+    version: str | None = Field(default=None, description="the version a call without one runs")
     name: str | None = None
     description: str | None = None
     functions: list[str] = Field(default_factory=list)
+    versions: list[VersionView] = Field(default_factory=list)
+    path: str | None = Field(default=None, description="the folder, for a prefab run in place or broken")
     problems: list[str] = Field(default_factory=list)
 
 
 class PrefabList(BaseModel):
     prefabs: list[PrefabSummary]
+
+
+class DeploymentView(BaseModel):
+    """``GET /v1/deployments/{id}``: a deployment, observable like a job."""
+
+    deployment_id: str
+    prefab_id: str
+    version: str
+    state: DeploymentState
+    reason: str | None = None
+    source: DeploymentSource
+    created_at: datetime
+    updated_at: datetime
+    job_id: str | None = Field(default=None, description="the build's job: its events are the deployment's steps")
+    events_url: str | None = None
+
+    @classmethod
+    def from_deployment(cls, deployment: Deployment, events_url: str | None) -> "DeploymentView":
+        return cls(
+            deployment_id=deployment.deployment_id,
+            prefab_id=deployment.prefab_id,
+            version=deployment.version,
+            state=deployment.state,
+            reason=deployment.reason,
+            source=deployment.source,
+            created_at=_iso(deployment.created_ms) or datetime.now(UTC),
+            updated_at=_iso(deployment.updated_ms) or datetime.now(UTC),
+            job_id=deployment.job_id,
+            events_url=events_url,
+        )
+
+
+class DeploymentList(BaseModel):
+    deployments: list[DeploymentView]
 
 
 class ErrorBody(BaseModel):

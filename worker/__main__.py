@@ -6,31 +6,33 @@ import socket
 import uuid
 
 from factory import logs
-from factory.catalog import Catalog
 from factory.connections import redis_sync
+from factory.registry import register_folders
 from factory.retention import sweep_workspaces
-from factory.settings import FACTORY_CREDENTIAL_VARS, STORAGE_CREDENTIAL_VARS, Settings, read_secret_values
+from factory.settings import FACTORY_CREDENTIAL_VARS, Settings
 from factory.storage import storage_from_settings
 from worker.engine import Engine
 from worker.files import FileBridge
-from worker.loader import import_prefabs
+from worker.provision import Provisioner
 from worker.runner import WorkerRuntime
 
 logger = logging.getLogger(__name__)
 
 
 def build_runtime(settings: Settings, name: str) -> WorkerRuntime:
-    """Load and import the prefabs, take the secrets out of the environment, connect."""
-    catalog = Catalog.discover(settings.prefabs)
-    prefabs = import_prefabs(catalog)
-    # The storage credentials leave the environment too: a function sees them only if it declares them.
-    secrets = read_secret_values(prefabs.secret_names(catalog) | STORAGE_CREDENTIAL_VARS)
-    read_secret_values(set(FACTORY_CREDENTIAL_VARS - prefabs.secret_names(catalog)))  # never a function's
+    """Connect, deploy the configured prefab folders, and keep the credentials from prefab code."""
+    # The worker keeps its environment for the secrets prefabs declare (handed to their runner one
+    # job at a time); the factory's own credentials are never a prefab's.
+    environ = dict(os.environ)
+    secrets = {name: value for name, value in environ.items() if name not in FACTORY_CREDENTIAL_VARS}
     client = redis_sync(settings.require_redis_url())
-    files = FileBridge(settings, storage_from_settings(settings), client)
+    storage = storage_from_settings(settings)
+    files = FileBridge(settings, storage, client)
+    register_folders(client, settings)
     # Workspaces a killed worker left behind; each machine's workers sweep their own state_dir.
     sweep_workspaces(settings.state_dir, client, settings.retention_s)
-    return WorkerRuntime(settings, client, catalog, prefabs, secrets, files, worker_name=name)
+    provisioner = Provisioner(settings, client, storage, environ)
+    return WorkerRuntime(settings, client, provisioner, secrets, files, worker_name=name)
 
 
 def _worker_name() -> str:

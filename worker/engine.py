@@ -26,7 +26,9 @@ backoff (``worker.outage``), and the worker never dies of one.
 """
 
 import logging
+import os
 import signal
+import socket
 import time
 import uuid
 from contextlib import suppress
@@ -38,10 +40,11 @@ import redis
 from redis.exceptions import NoScriptError
 from rq.job import JobStatus as RQStatus
 
-from factory import keys, reaper
+from factory import keys, presence, reaper
 from factory.connections import RETRYABLE
 from factory.events import SHUTDOWN, TIMEOUT, UNEXPECTED_ERROR, WORKER_LOST
-from factory.jobs import InvocationRequest
+from factory.jobs import InvocationRequest, now_ms
+from factory.presence import WorkerAnnouncement
 from factory.settings import Settings
 from worker.horse import Horse, HorseGone, HorseOrder, HorseReply, describe_exit
 from worker.outage import Steps, Unreachable
@@ -55,6 +58,7 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.1  # how often a running job's record is read for an end from outside
 STOP_GRACE_S = 0.3  # how long a horse whose job ended from outside may take to stop by itself
 IDLE_WAKE_S = 1.0  # the longest an idle worker blocks on the queue
+CATALOG_POLL_S = 1.0  # how often the worker looks for prefabs deployed since
 
 
 class Exit(StrEnum):
@@ -96,6 +100,8 @@ class Engine:
         self._next_reap_s = 0.0
         self._take_delay_s = 0.0
         self._pending: _Start | None = None  # taken with the last job's release
+        self._next_catalog_s = 0.0
+        self._started_ms = now_ms()
         self.steps = Steps(stopping=lambda: self._signals > 0)
 
     def run(self) -> None:
@@ -104,8 +110,10 @@ class Engine:
             signal.signal(sig, self._on_signal)
         with suppress(*RETRYABLE):  # else they are loaded on first use
             self.jobs.load_scripts()
-        name, functions = self.runtime.worker_name, len(self.runtime.prefabs.functions)
-        logger.info("Listening on %s: worker %s serving %d functions", self.jobs.queue.key, name, functions)
+            self._follow_catalog()
+        name = self.runtime.worker_name
+        served = ", ".join(self.jobs.queues.prefab_ids) or "no prefab yet"
+        logger.info("Listening on %s: worker %s serving %s", self.settings.queue_name, name, served)
         try:
             while not self._signals or self._pending is not None:  # a job already claimed still runs
                 self._reap_if_due()
@@ -117,6 +125,8 @@ class Engine:
                 self._conclude(run, *self._dispatch(run))
         finally:
             self.horses.dismiss()
+            with suppress(*RETRYABLE):
+                presence.withdraw(self.client, name)
         logger.info("worker %s stopped", name)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -126,9 +136,16 @@ class Engine:
         logger.info("%s: taking no new job; a running one has %g s to finish", signal.Signals(signum).name, grace_s)
 
     def _wait_for_job(self) -> _Start | None:
-        """Block on the queue (at most :data:`IDLE_WAKE_S`), then take and claim the job that came."""
+        """Take the next job of the served queues; with none, wait for a doorbell (at most :data:`IDLE_WAKE_S`)."""
+        if self._signals:
+            return None
+        token = uuid.uuid4().hex
         try:
-            job_id = self.jobs.take(min(IDLE_WAKE_S, self.settings.worker_heartbeat_s))
+            self._follow_catalog()
+            take = self._step(None, token)
+            if take is None:
+                self.jobs.wait(min(IDLE_WAKE_S, self.settings.worker_heartbeat_s))
+                return None
         except RETRYABLE as exc:
             self._take_delay_s = min(max(self._take_delay_s * 2, 0.1), 5.0)
             logger.warning("cannot reach Redis to take a job (%s); again in %.1f s", exc, self._take_delay_s)
@@ -137,31 +154,44 @@ class Engine:
                 time.sleep(0.05)
             return None
         self._take_delay_s = 0.0
-        if job_id is None:
-            return None
-        if self._signals:  # seen as the stop signal came: it stays on the queue for another worker
-            return None
-        token = uuid.uuid4().hex
-        try:
-            take = self.steps.retrying(
-                "take the job", lambda: self._step(None, job_id, token), job_id, self.settings.redis_outage_s
-            )
-        except Unreachable:
-            logger.error("Redis unreachable: the job stays queued for another take", extra={"job_id": job_id})
-            return None
         return self._accept(take, token)
 
-    def _step(self, ended: tuple[reaper.Claim, RQStatus | None] | None, job_id: str | None, token: str) -> Take | None:
-        """One round trip: release the execution that ``ended`` (if any), then take ``job_id`` (None:
-        the queue's next, or nothing when stopping) for execution ``token``."""
-        take = job_id is not None or not self._signals
+    def _follow_catalog(self) -> None:
+        """Serve the prefabs deployed since (one GET a second when nothing changed)."""
+        now = time.monotonic()
+        if now < self._next_catalog_s:
+            return
+        self._next_catalog_s = now + CATALOG_POLL_S
+        if self.jobs.queues.refresh():
+            logger.info("serving %s", ", ".join(self.jobs.queues.prefab_ids) or "no prefab yet")
+            self._announce()
+
+    def _announce(self) -> None:
+        queues = self.jobs.queues
+        announcement = WorkerAnnouncement(
+            name=self.runtime.worker_name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            serves_all=not queues.only,
+            prefabs=queues.prefab_ids,
+            started_ms=self._started_ms,
+        )
+        try:
+            presence.announce(self.client, announcement, self.settings.worker_heartbeat_s)
+        except RETRYABLE as exc:
+            logger.warning("cannot reach Redis to announce the worker: %s", exc)
+
+    def _step(self, ended: tuple[reaper.Claim, RQStatus | None] | None, token: str) -> Take | None:
+        """One round trip: release the execution that ``ended`` (if any), then take the queues' next job
+        (none when stopping) for execution ``token``."""
+        take = not self._signals
         for first in (True, False):
             try:
                 with self.client.pipeline(transaction=False) as pipe:
                     if ended is not None:
                         self.jobs.release_on(pipe, ended[0], ended[0].job_id, ended[1])
                     if take:
-                        self.jobs.take_on(pipe, job_id, token, self.settings.worker_lost_after_s)
+                        self.jobs.take_on(pipe, token, self.settings.worker_lost_after_s)
                     replies = pipe.execute()
                 return self.jobs.parse_take(replies[-1]) if take else None
             except NoScriptError:
@@ -281,7 +311,7 @@ class Engine:
                 ended = settled in (reaper.Settled.ENDED, reaper.Settled.FAILED)
             released = (claim, RQStatus.FINISHED if ended else None)
             token = uuid.uuid4().hex
-            take = self.steps.retrying("drop the heartbeat", lambda: self._step(released, None, token), claim.job_id)
+            take = self.steps.retrying("drop the heartbeat", lambda: self._step(released, token), claim.job_id)
         except Unreachable:
             logger.error("Redis unreachable: leaving the job to the reaper", extra={"job_id": claim.job_id})
             return
@@ -308,6 +338,7 @@ class Engine:
         if now < self._next_reap_s:
             return
         self._next_reap_s = now + self.settings.worker_heartbeat_s
+        self._announce()
         try:
             reaper.reap_once(self.client, self.settings, self.runtime.worker_name)
         except RETRYABLE as exc:

@@ -19,7 +19,6 @@ import redis
 from pydantic import ValidationError
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
-from rq import Queue
 from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -29,6 +28,7 @@ from factory import keys, reaper
 from factory.eventlog import APPEND_LUA, CLAIM_FUNCTION, started_fields
 from factory.jobs import InvocationRequest
 from factory.settings import Settings
+from worker.queues import ServedQueues
 from worker.tasks import TASK
 
 logger = logging.getLogger(__name__)
@@ -36,34 +36,32 @@ logger = logging.getLogger(__name__)
 # RQ's own deadline when a job has none: the gateway sets it to the factory's timeout plus this.
 DEFAULT_MARGIN_S = 30.0
 
-# Takes a job for a worker: the given id, or the next one off the queue; reads its RQ job, marks
-# it started there, and claims its factory record (``factory.eventlog.CLAIM_FUNCTION``): one
-# round trip. The keys of a popped job are built here, from the parts RQ and ``factory.keys``
+# Takes a job for a worker: the next one off the first of its queues that has one; reads its RQ
+# job, marks it started there, and claims its factory record (``factory.eventlog.CLAIM_FUNCTION``):
+# one round trip. The keys of a popped job are built here, from the parts RQ and ``factory.keys``
 # give around its id, so this script could not run on a Redis Cluster (nor could RQ).
-# KEYS: RQ queue, running set. ARGV: 1 job id ('' = pop the next; else removed from the queue
-# here), 2/3 RQ job key and 4/5 factory job key before/after the id, 6 execution token,
-# 7 heartbeat deadline (ms), 8 how many items follow for RQ, then RQ's field/value pairs of the
-# start, then the record's. Replies false when the queue is empty (or the given id is no longer
-# on it), else {id, RQ data, RQ timeout, attempt} where attempt is below 1 when the job cannot be
-# claimed, and RQ data false when RQ has no such job. The running-set member is
+# KEYS: the running set, then the queues in the order to try them. ARGV: 1/2 RQ job key and 3/4
+# factory job key before/after the id, 5 execution token, 6 heartbeat deadline (ms), 7 how many
+# items follow for RQ, then RQ's field/value pairs of the start, then the record's. Replies false
+# when every queue is empty, else {id, RQ data, RQ timeout, attempt} where attempt is below 1 when
+# the job cannot be claimed, and RQ data false when RQ has no such job. The running-set member is
 # ``<id>:<token>``, as ``factory.reaper.Claim.member``.
 TAKE_LUA = (
     CLAIM_FUNCTION
     + """
-local id = ARGV[1]
-if id == '' then
-  id = redis.call('LPOP', KEYS[1])
-  if not id then return false end
-elseif redis.call('LREM', KEYS[1], -1, id) == 0 then
-  return false  -- another worker took it first
+local id = false
+for i = 2, #KEYS do
+  id = redis.call('LPOP', KEYS[i])
+  if id then break end
 end
-local rq_job = ARGV[2] .. id .. ARGV[3]
+if not id then return false end
+local rq_job = ARGV[1] .. id .. ARGV[2]
 local data, timeout = unpack(redis.call('HMGET', rq_job, 'data', 'timeout'))
 if not data then return {id, false, false, -3} end
-local n = tonumber(ARGV[8])
-redis.call('HSET', rq_job, unpack(ARGV, 9, 8 + n))
-local token = ARGV[6]
-local attempt = claim(ARGV[4] .. id .. ARGV[5], KEYS[2], token, id .. ':' .. token, ARGV[7], {unpack(ARGV, 9 + n)})
+local n = tonumber(ARGV[7])
+redis.call('HSET', rq_job, unpack(ARGV, 8, 7 + n))
+local token = ARGV[5]
+local attempt = claim(ARGV[3] .. id .. ARGV[4], KEYS[1], token, id .. ':' .. token, ARGV[6], {unpack(ARGV, 8 + n)})
 return {id, data, timeout, attempt}
 """
 )
@@ -103,28 +101,22 @@ class RQJobs:
         self.client = client
         self.blocking = blocking  # no socket timeout: for the blocking pop
         self.worker_name = worker_name
-        self.queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
+        self.queues = ServedQueues(settings, client)
         self._rq_key = _around_id(Job.key_for)
         self._job_key = _around_id(keys.job_key)
 
-    def take(self, timeout_s: float) -> str | None:
-        """The next job id on the queue, waiting up to ``timeout_s``; None if there was none.
+    def wait(self, timeout_s: float) -> bool:
+        """Block until a doorbell of the worker's queues rings, or ``timeout_s`` passed; whether one rang.
 
-        The id stays on the queue (moved from its head to its tail, where the take step removes
-        it with the claim, atomically): a worker that dies between the two leaves the job queued
-        for another, never lost. Two idle workers may see the same id; one take step wins.
+        A ring is a hint, not a job: the take that follows finds the job, or another worker was
+        faster. Jobs never leave a queue but in the take step, so a worker that dies here loses none.
         """
-        reply: bytes | None = self.blocking.blmove(  # type: ignore[assignment]
-            self.queue.key,
-            self.queue.key,
-            timeout_s,  # type: ignore[arg-type]  # Redis takes fractions of a second; the stub says int
-            "LEFT",
-            "RIGHT",
-        )
-        return None if reply is None else reply.decode()
+        doorbells = [keys.doorbell_key(name) for name in self.queues.names()]
+        reply = self.blocking.blpop(doorbells, timeout_s)  # fractions of a second work
+        return reply is not None
 
-    def take_on(self, pipe: Pipeline, job_id: str | None, token: str, lost_after_s: float) -> None:
-        """Queue on ``pipe`` the take of ``job_id`` (None: the queue's next) by execution ``token``.
+    def take_on(self, pipe: Pipeline, token: str, lost_after_s: float) -> None:
+        """Queue on ``pipe`` the take of the next job of the worker's queues by execution ``token``.
 
         Its reply goes to :meth:`parse_take`. When Redis answers NOSCRIPT (it restarted), call
         :meth:`load_scripts` and run the pipeline again.
@@ -132,9 +124,17 @@ class RQJobs:
         rq_started: list[EncodableT] = ["status", JobStatus.STARTED.value, "started_at", utcformat(now())]
         rq_started += ["worker_name", self.worker_name]
         record_started = [item for pair in started_fields(self.worker_name).items() for item in pair]
-        args: list[EncodableT] = [job_id or "", *self._rq_key, *self._job_key, token, reaper.deadline_ms(lost_after_s)]
+        args: list[EncodableT] = [*self._rq_key, *self._job_key, token, reaper.deadline_ms(lost_after_s)]
+        queue_keys = self.queues.keys_in_turn()
         pipe.evalsha(
-            TAKE_SHA, 2, self.queue.key, keys.running_jobs_key(), *args, len(rq_started), *rq_started, *record_started
+            TAKE_SHA,
+            1 + len(queue_keys),
+            keys.running_jobs_key(),
+            *queue_keys,
+            *args,
+            len(rq_started),
+            *rq_started,
+            *record_started,
         )
 
     def load_scripts(self) -> None:

@@ -20,20 +20,17 @@ with ``REDIS_UNAVAILABLE`` as soon as Redis answers again.
 """
 
 import logging
-import os
 import time
-import traceback
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import orjson
 import redis
 
 from factory import reaper
-from factory.catalog import Catalog
 from factory.connections import RETRYABLE
+from factory.deployments import Deployment
 from factory.eventlog import (
     APPEND_LUA,
     AppendResult,
@@ -46,11 +43,14 @@ from factory.eventlog import (
     terminal_error_args,
 )
 from factory.events import (
+    DEPLOYMENT_FAILED,
     INVALID_EVENT,
     MISSING_SECRET,
     REDIS_UNAVAILABLE,
+    RESOURCE_EXHAUSTED,
     TIMEOUT,
     UNEXPECTED_ERROR,
+    WORKER_LOST,
     ErrorInfo,
     InvalidEvent,
     decode,
@@ -62,14 +62,17 @@ from factory.events import (
 from factory.jobs import InvocationRequest, JobStatus, now_ms, terminal_fields
 from factory.manifest import FunctionSpec
 from factory.settings import Settings
-from worker.deadline import DeadlineExceeded, deadline
+from worker import builder
 from worker.files import FileBridge, FileError
-from worker.invoke import iterate
-from worker.loader import LoadedPrefabs
+from worker.provision import Provisioner, ProvisionError
 from worker.publisher import EventPublisher, PublisherUnavailable
+from worker.runners import Runner, RunnerFailed, RunnerGone
 from worker.workspace import Workspace
 
 logger = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 0.1  # how often a quiet function's job is checked for a cancel
+DRAIN_S = 5.0  # how long a generator closed after its terminal event may take to clean up
 
 
 @dataclass
@@ -78,8 +81,7 @@ class WorkerRuntime:
 
     settings: Settings
     redis: redis.Redis
-    catalog: Catalog
-    prefabs: LoadedPrefabs
+    provisioner: Provisioner  # deployments, their environments, the horse's runners
     secrets: dict[str, str]
     files: FileBridge
     worker_name: str = ""
@@ -130,27 +132,6 @@ def _terminal_for(raw: bytes) -> dict[str, bytes]:
         return terminal_fields(status, now_ms(), event.data, None)
     message = event.data if isinstance(event.data, str) else orjson.dumps(event.data).decode()
     return terminal_fields(status, now_ms(), None, ErrorInfo(code=event.error_code or "ERROR", message=message))
-
-
-def _environ() -> dict[bytes, bytes]:
-    """A snapshot of the environment.
-
-    Taken from CPython's own bytes copy behind ``os.environ`` (``_data``, also behind
-    ``os.environb``): copying and comparing it costs well under a microsecond, where going through
-    the mapping costs ~1 µs per variable, twice a job.
-    """
-    return dict(os.environb._data)  # type: ignore[attr-defined]
-
-
-def _restore_environ(saved: dict[bytes, bytes]) -> None:
-    """Put the environment back as it was (the job's secrets, what its function set), touching nothing else."""
-    if _environ() == saved:
-        return
-    for name in [name for name in os.environb if name not in saved]:
-        del os.environb[name]
-    for name, value in saved.items():
-        if os.environb.get(name) != value:
-            os.environb[name] = value
 
 
 def _will_retry(end: _End, claim: reaper.Claim) -> bool:
@@ -236,32 +217,32 @@ class InvocationRunner:
             logger.error("job stopped: Redis unreachable too long (append: %s)", result.outcome.name)
             return _END_OF_APPEND[result.outcome]
 
-    def _spec(self) -> FunctionSpec:
-        target = self.runtime.catalog.resolve(self.request.prefab_id, self.request.function_name)
-        return target.function
-
     def _run_function(self, publisher: EventPublisher, claim: reaper.Claim) -> _End | None:
         """Everything between "started" and the terminal event; returns how it ended (None: the log closed)."""
-        spec = self._spec()
-        function = self.runtime.prefabs.functions.get((self.request.prefab_id, spec.name))
-        if function is None:
-            reason = self.runtime.prefabs.broken.get(self.request.prefab_id, "not loaded by this worker")
-            return _error(UNEXPECTED_ERROR, f"prefab could not be loaded: {reason}")
+        if self.request.kind == "deploy":
+            return self._build(publisher)
+        provisioner = self.runtime.provisioner
+        try:
+            deployment = provisioner.deployment(self.request.deployment_id)
+        except ProvisionError as exc:
+            return _error(UNEXPECTED_ERROR, f"prefab could not be loaded: {exc}")
+        spec = deployment.manifest.function(self.request.function_name)
+        if spec is None:
+            return _error(UNEXPECTED_ERROR, f"{deployment.ref} has no function {self.request.function_name!r}")
         secrets, missing = self._secrets(spec)
         if missing:
             return _error(MISSING_SECRET, f"required secret(s) not configured: {', '.join(missing)}")
+        try:
+            runner = provisioner.runner(deployment)
+        except (ProvisionError, RunnerFailed) as exc:
+            return _error(UNEXPECTED_ERROR, f"prefab could not be loaded: {exc}")
         self.workspace.create(self.runtime.spare_workspace)
         try:
             self.runtime.files.fetch_inputs(self.request, self.workspace)
         except FileError as exc:
             return _error(exc.code, str(exc))
-        saved_env = _environ()
-        os.environ.update(secrets)
-        try:
-            with self.workspace.entered():
-                terminal = self._iterate(function, publisher)
-        finally:
-            _restore_environ(saved_env)
+        provisioner.hand_over(self.workspace.path)
+        terminal = self._iterate(deployment, runner, secrets, publisher)
         if terminal is None or publisher.ended.is_set():
             return None
         if not _will_retry(terminal, claim):  # a failed attempt that runs again keeps no outputs
@@ -272,6 +253,27 @@ class InvocationRunner:
             if files_event is not None:
                 publisher.publish(files_event)
         return terminal
+
+    def _build(self, publisher: EventPublisher) -> _End:
+        """The job of a deployment: build it, record its outcome, end with it."""
+        provisioner = self.runtime.provisioner
+        provisioner.forget(self.request.deployment_id)  # read its record afresh
+        try:
+            deployment = provisioner.deployment(self.request.deployment_id)
+        except ProvisionError as exc:
+            return _error(DEPLOYMENT_FAILED, str(exc))
+        builder.notify(self.runtime.settings, "deployment.started", deployment)
+        reason: str | None = None
+        try:
+            result = builder.build(provisioner, deployment, lambda event: publisher.publish(orjson.dumps(event)))
+        except builder.BuildFailed as exc:
+            reason = str(exc)
+            logger.error("deployment %s failed: %s", deployment.ref, reason)
+        builder.record_outcome(self.runtime.redis, self.runtime.settings, deployment, reason)
+        if reason is not None:
+            return _error(DEPLOYMENT_FAILED, reason)
+        logger.info("deployment %s ready", deployment.ref)
+        return _End(orjson.dumps({"type": "done", "data": result}))
 
     def _secrets(self, spec: FunctionSpec) -> tuple[dict[str, str], list[str]]:
         values: dict[str, str] = {}
@@ -284,30 +286,79 @@ class InvocationRunner:
                 missing.append(secret.name)
         return values, missing
 
-    def _iterate(self, function: Any, publisher: EventPublisher) -> _End | None:
-        """Iterate under the deadline; how the function ended, or None if the log closed."""
-        max_bytes = self.runtime.settings.max_event_bytes
-        values = iterate(function, self.request.inputs)
+    def _iterate(
+        self, deployment: Deployment, runner: Runner, secrets: dict[str, str], publisher: EventPublisher
+    ) -> _End | None:
+        """Run the function in its runner under the deadline; how it ended, or None if the log closed."""
+        provisioner = self.runtime.provisioner
+        order = {
+            "op": "run",
+            "function": self.request.function_name,
+            "inputs": self.request.inputs,
+            "env": {**secrets, "HOME": str(self.workspace.path), "TMPDIR": str(self.workspace.path)},
+            "cwd": str(self.workspace.path),
+        }
+        runner.job_id = self.request.job_id
         try:
-            with deadline(self.request.timeout_s):
-                for value in values:
-                    if publisher.ended.is_set():
-                        raise _Stop
-                    event_type, raw = encode_yielded(value)
+            runner.send(order)
+            end = self._follow(runner, publisher)
+        except RunnerGone as gone:
+            provisioner.discard(runner)
+            return _End(error_event(WORKER_LOST, f"the prefab's process died ({gone.description})"), retryable=True)
+        finally:
+            runner.job_id = None
+        if end is None:
+            provisioner.discard(runner)  # the log closed mid-job (a cancel): it must not run on
+        return end
+
+    def _follow(self, runner: Runner, publisher: EventPublisher) -> _End | None:
+        """Publish what the runner sends until the function ends, the deadline passes or the log closes."""
+        max_bytes = self.runtime.settings.max_event_bytes
+        timeout_s = self.request.timeout_s
+        deadline_at = time.monotonic() + timeout_s
+        while True:
+            remaining_s = deadline_at - time.monotonic()
+            if remaining_s <= 0:
+                self.runtime.provisioner.discard(runner)  # stopped mid-job: it must not run another
+                return _error(TIMEOUT, f"the job exceeded its timeout of {timeout_s:g} s")
+            message = runner.recv(min(remaining_s, CANCEL_POLL_S))
+            if publisher.ended.is_set():
+                return None
+            if message is None:
+                continue
+            tag, body = message[:1], message[1:]
+            if tag == b"E":
+                try:
+                    event_type, raw = encode_yielded(orjson.loads(body))
                     if len(raw) > max_bytes:
                         raise InvalidEvent(f"event of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
-                    if is_terminal(event_type):
-                        return _End(raw)
-                    publisher.publish(raw)
-        except _Stop:
-            return None
-        except DeadlineExceeded:
-            return _error(TIMEOUT, f"the job exceeded its timeout of {self.request.timeout_s:g} s")
-        except InvalidEvent as exc:
-            return _error(INVALID_EVENT, str(exc))
-        except Exception as exc:  # the prefab raised: report it, keep the worker alive
-            logger.error("prefab raised:\n%s", traceback.format_exc())
-            return _End(error_event(UNEXPECTED_ERROR, f"{type(exc).__name__}: {exc}"), retryable=True)
-        finally:
-            values.close()
-        return _End(orjson.dumps({"type": "done", "data": None}))
+                except InvalidEvent as exc:
+                    return _error(INVALID_EVENT, str(exc))
+                if is_terminal(event_type):
+                    self._drain(runner)
+                    return _End(raw)
+                publisher.publish(raw)
+            else:
+                return self._ended_by(runner, tag, body)
+
+    def _drain(self, runner: Runner) -> None:
+        """Read the runner's end of a job that yielded its terminal event (it closes the generator)."""
+        if runner.recv(DRAIN_S) is None:
+            self.runtime.provisioner.discard(runner)  # its generator's cleanup hangs: never reuse it
+
+    def _ended_by(self, runner: Runner, tag: bytes, body: bytes) -> _End:
+        if tag == b"F":
+            return _End(orjson.dumps({"type": "done", "data": None}))
+        if tag == b"R":
+            return _End(b'{"type":"done","data":' + body + b"}")
+        if tag == b"N":
+            return _error(INVALID_EVENT, body.decode(errors="replace"))
+        if tag == b"M":
+            self.runtime.provisioner.discard(runner)
+            return _error(RESOURCE_EXHAUSTED, body.decode(errors="replace"))
+        if tag == b"X":
+            report = orjson.loads(body)
+            logger.error("prefab raised:\n%s", report.get("traceback", ""))
+            return _End(error_event(UNEXPECTED_ERROR, f"{report['type']}: {report['message']}"), retryable=True)
+        self.runtime.provisioner.discard(runner)
+        return _error(UNEXPECTED_ERROR, f"the prefab's process sent an unknown message {tag!r}")

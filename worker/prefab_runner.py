@@ -1,0 +1,223 @@
+"""The prefab runner: a long-lived process inside a prefab version's own environment.
+
+Started by a work horse with that environment's ``python -I`` and this file's path, so it must
+import nothing but the standard library (the factory's packages are not installed there). It
+imports the prefab once, then runs one job at a time as the horse orders over a pipe
+(``multiprocessing.connection`` framing: one message per order or reply), and sends back every
+value the function yields. Everything about Redis, events' ``seq``, deadlines, files and
+retries stays in the horse: this process holds no credentials and knows only its own job.
+
+Before importing prefab code it confines itself: no core dumps, an address-space limit when the
+manifest asks for one (a ``MemoryError`` then ends the job as ``RESOURCE_EXHAUSTED``), and,
+when started as root, the unprivileged user it is given. It dies with its horse.
+
+Messages to the horse are a one-letter tag and a payload:
+
+- ``Y`` the prefab imported (after start); ``I<reason>`` it did not, and the runner exits;
+- ``E<json>`` a yielded value; ``N<reason>`` a yielded value that is not JSON;
+- ``F`` the generator returned; ``R<json>`` a plain function's return value;
+- ``X<json {"type", "message", "traceback"}>`` the function raised;
+- ``M<message>`` it ran out of memory (the runner exits after);
+- ``C<json>`` the answer to a ``check`` order: each declared function's kind and parameters.
+"""
+
+import asyncio
+import ctypes
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
+from collections.abc import Generator
+from multiprocessing.connection import Connection
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+_TERMINAL_TYPES = ("done", "error")
+
+
+def _confine(memory_bytes: int, user: str) -> None:
+    """Limit what the prefab can do to the machine before any of its code runs."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if os.getuid() == 0 and user:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    # After the uid change, which clears it: die with the horse that started us.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if memory_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+
+def _import_prefab(code_dir: str) -> Any:
+    """Import ``src.main``: from the folder ``code_dir`` (run in place), else from site-packages.
+
+    ``src/`` itself goes on ``sys.path`` too, so ``from helpers import x`` finds the prefab's own
+    sibling module, as the prefab's tests import it.
+    """
+    if code_dir:
+        sys.path.insert(0, code_dir)
+        src_dir = os.path.join(code_dir, "src")
+    else:
+        spec = importlib.util.find_spec("src")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("the environment has no top-level package 'src' (is the prefab wheel installed?)")
+        src_dir = list(spec.submodule_search_locations)[0]
+    sys.path.insert(0, src_dir)
+    return importlib.import_module("src.main")
+
+
+def _values(function: Any, inputs: dict[str, Any]) -> Generator[Any, None, None]:
+    """What the function produces, whatever its kind; a plain result comes back as ``("R", value)``."""
+    if inspect.isasyncgenfunction(function):
+        loop = asyncio.new_event_loop()
+        agen = function(**inputs)
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.run_until_complete(agen.aclose())
+            loop.close()
+    elif inspect.isgeneratorfunction(function):
+        yield from function(**inputs)
+    elif inspect.iscoroutinefunction(function):
+        loop = asyncio.new_event_loop()
+        try:
+            raise _Returned(loop.run_until_complete(function(**inputs)))
+        finally:
+            loop.close()
+    else:
+        raise _Returned(function(**inputs))
+
+
+class _Returned(Exception):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class _Job:
+    def __init__(self, conn: Connection, module: Any, order: dict[str, Any]) -> None:
+        self.conn = conn
+        self.module = module
+        self.order = order
+
+    def run(self) -> None:
+        order, conn = self.order, self.conn
+        saved_env = dict(os.environ)
+        os.environ.update(order.get("env", {}))
+        os.chdir(order["cwd"])
+        try:
+            function = getattr(self.module, order["function"])
+            values = _values(function, order["inputs"])
+            try:
+                for value in values:
+                    try:
+                        raw = _dumps(value)
+                    except (TypeError, ValueError) as exc:
+                        reason = f"{type(value).__name__} value is not JSON-serialisable: {exc}"
+                        conn.send_bytes(b"N" + reason.encode())
+                        return
+                    conn.send_bytes(b"E" + raw)
+                    if isinstance(value, dict) and value.get("type") in _TERMINAL_TYPES:
+                        break  # the stream ended: the generator is closed, as the seed's rule says
+            finally:
+                values.close()
+            conn.send_bytes(b"F")
+        except _Returned as returned:
+            try:
+                conn.send_bytes(b"R" + _dumps(returned.value))
+            except (TypeError, ValueError) as exc:
+                conn.send_bytes(b"N" + f"the return value is not JSON-serialisable: {exc}".encode())
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+
+
+def _kind(function: Any) -> str:
+    if inspect.isasyncgenfunction(function):
+        return "async_generator"
+    if inspect.isgeneratorfunction(function):
+        return "generator"
+    if inspect.iscoroutinefunction(function):
+        return "coroutine"
+    return "function" if callable(function) and not inspect.isclass(function) else "not_callable"
+
+
+def _check(module: Any, names: list[str]) -> dict[str, Any]:
+    """Each declared function as the imported code has it (None: missing or not a function)."""
+    found: dict[str, Any] = {}
+    for name in names:
+        function = getattr(module, name, None)
+        kind = _kind(function) if function is not None else "missing"
+        if function is None or kind == "not_callable":
+            found[name] = None
+            continue
+        try:
+            parameters = list(inspect.signature(function).parameters.values())
+        except (TypeError, ValueError):
+            parameters = []
+        named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        found[name] = {
+            "is_async": kind in ("coroutine", "async_generator"),
+            "is_generator": kind in ("generator", "async_generator"),
+            "params": [p.name for p in named],
+            "required": [p.name for p in named if p.default is p.empty],
+            "accepts_any_keyword": any(p.kind == p.VAR_KEYWORD for p in parameters),
+        }
+    return found
+
+
+def _serve(conn: Connection, module: Any) -> None:
+    while True:
+        try:
+            order = json.loads(conn.recv_bytes())
+        except EOFError:
+            return
+        if order["op"] == "check":
+            conn.send_bytes(b"C" + _dumps(_check(module, order["functions"])))
+            continue
+        try:
+            _Job(conn, module, order).run()
+        except MemoryError:
+            conn.send_bytes(
+                b"M" + b"the job ran out of memory (its limit is the manifest's execution_environment.memory)"
+            )
+            os._exit(3)
+        except BaseException as exc:  # the prefab raised: report it, keep serving
+            report = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+            conn.send_bytes(b"X" + _dumps(report))
+            if not isinstance(exc, Exception):
+                os._exit(1)  # SystemExit, KeyboardInterrupt: the prefab asked to stop the process
+
+
+def main() -> None:
+    fd, memory_bytes, user, code_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    conn = Connection(fd)
+    _confine(memory_bytes, user)
+    if os.getppid() == 1:  # the horse died before the death signal was set
+        os._exit(1)
+    try:
+        module = _import_prefab(code_dir)
+    except BaseException as exc:  # anything the prefab's import raises, reported verbatim
+        conn.send_bytes(b"I" + f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}".encode())
+        os._exit(2)
+    conn.send_bytes(b"Y")
+    _serve(conn, module)
+
+
+if __name__ == "__main__":
+    main()

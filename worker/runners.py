@@ -1,0 +1,246 @@
+"""The work horse's prefab runners: one process per prefab version, started on first need.
+
+A :class:`Runner` is ``worker/prefab_runner.py`` running under a deployment's own environment
+(``<env>/bin/python -I``), so prefab code never runs in the worker's interpreter and neither
+side's dependencies constrain the other's. The horse talks to it over a socket pair
+(``multiprocessing.connection`` framing) and keeps everything else: Redis, deadlines, files.
+
+The runner starts with a clean environment (no ``REDIS_URL``, no ``FACTORY_*``, no cloud
+credentials: only what :func:`runner_environ` lets through), in a session of its own so the horse
+can kill it and whatever it spawned without killing itself, and dies with the horse
+(``PR_SET_PDEATHSIG``). Its stdout and stderr (the prefab's ``print`` and ``logging``) are read by
+a thread and logged at INFO with the running job's id.
+
+:class:`RunnerPool` keeps the most recently used runners alive (``max_runners``); a runner that
+died, hit its memory limit or was killed for a deadline or a cancel is replaced on next use. A
+folder deployment (development) is restarted when a file under its ``src/`` changed, so an edit
+applies to the next job.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+logger = logging.getLogger(__name__)
+prefab_logger = logging.getLogger("prefab")
+
+RUNNER_PATH = Path(__file__).with_name("prefab_runner.py")
+START_TIMEOUT_S = 120.0  # importing a prefab (heavy libraries) may take a while on a cold machine
+
+# What a prefab's process may see of the worker's environment: nothing that opens the factory.
+_PASSED_VARS = {"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"}
+_PASSED_PREFIXES = ("LC_",)
+_PROXY_VARS = {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
+
+
+def runner_environ(environ: dict[str, str], python: Path) -> dict[str, str]:
+    """The environment a runner starts with: locale, certificates and proxies; its venv first on PATH."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in _PASSED_VARS or name.upper() in _PROXY_VARS or name.startswith(_PASSED_PREFIXES)
+    }
+    env["PATH"] = os.pathsep.join([str(python.parent), env.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["VIRTUAL_ENV"] = str(python.parent.parent)
+    return env
+
+
+class RunnerFailed(Exception):
+    """The runner could not start: its prefab did not import (the reason verbatim), or it died first."""
+
+
+class RunnerGone(Exception):
+    """The runner died (killed, crashed, out of memory); ``description`` says how."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What a runner is started for: one deployment's environment and code."""
+
+    key: str  # the deployment id
+    python: Path
+    code_dir: str  # a folder deployment's path ('' for an installed wheel)
+    memory_bytes: int  # 0: no limit
+    user: str  # '' : keep the worker's user
+
+
+def _code_stamp(code_dir: str) -> float:
+    """The newest modification time under a folder's ``src/`` (0 for an installed wheel)."""
+    if not code_dir:
+        return 0.0
+    newest = 0.0
+    for root, dirs, files in os.walk(Path(code_dir) / "src"):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
+def describe_status(returncode: int | None) -> str:
+    if returncode is None:
+        return "its exit was not seen"
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
+
+
+class Runner:
+    """The horse's handle on one runner process."""
+
+    def __init__(self, spec: RunnerSpec, popen: subprocess.Popen[bytes], conn: Connection, stamp: float) -> None:
+        self.spec = spec
+        self.popen = popen
+        self.conn = conn
+        self.stamp = stamp
+        self.job_id: str | None = None  # the job whose output its log lines carry
+        self.dead = False
+
+    @classmethod
+    def start(cls, spec: RunnerSpec, environ: dict[str, str]) -> "Runner":
+        """Start the runner and wait until its prefab imported; :class:`RunnerFailed` with the reason if not."""
+        ours, theirs = Pipe(duplex=True)
+        args = [str(spec.python), "-I", str(RUNNER_PATH), str(theirs.fileno()), str(spec.memory_bytes)]
+        args += [spec.user, spec.code_dir]
+        try:
+            popen = subprocess.Popen(
+                args,
+                pass_fds=(theirs.fileno(),),
+                env=runner_environ(environ, spec.python),
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            ours.close()
+            raise RunnerFailed(f"cannot start {spec.python}: {exc}") from exc
+        finally:
+            theirs.close()
+        runner = cls(spec, popen, ours, _code_stamp(spec.code_dir))
+        assert popen.stdout is not None
+        threading.Thread(target=runner._log_output, args=(popen.stdout,), daemon=True, name="prefab-output").start()
+        runner._wait_ready()
+        return runner
+
+    def _wait_ready(self) -> None:
+        try:
+            message = self.recv(START_TIMEOUT_S)
+        except RunnerGone as gone:
+            raise RunnerFailed(f"the prefab's process died while importing it ({gone.description})") from gone
+        if message == b"Y":
+            return
+        self.kill()
+        if message is None:
+            raise RunnerFailed(f"the prefab did not import within {START_TIMEOUT_S:g} s")
+        raise RunnerFailed(f"import failed: {message[1:].decode(errors='replace').strip()}")
+
+    def _log_output(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                prefab_logger.info("%s", text, extra={"job_id": self.job_id, "prefab": self.spec.key})
+
+    def send(self, order: dict[str, Any]) -> None:
+        try:
+            self.conn.send_bytes(orjson.dumps(order))
+        except OSError as exc:
+            self.dead = True
+            raise RunnerGone(self._ended()) from exc
+
+    def recv(self, timeout_s: float) -> bytes | None:
+        """The runner's next message, or None if none came within ``timeout_s``; :class:`RunnerGone` if it died."""
+        try:
+            if not self.conn.poll(timeout_s):
+                return None
+            return self.conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            self.dead = True
+            raise RunnerGone(self._ended()) from exc
+
+    def _ended(self) -> str:
+        try:
+            self.popen.wait(2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        return describe_status(self.popen.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the runner's session (it and whatever its prefab spawned) and collect it."""
+        self.dead = True
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.conn.close()
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            logger.error("prefab runner %d did not die", self.popen.pid)
+
+    def current(self) -> bool:
+        """Whether it can take another job: alive, and (in development) its code unchanged."""
+        if self.dead or self.popen.poll() is not None:
+            return False
+        return not self.spec.code_dir or _code_stamp(self.spec.code_dir) == self.stamp
+
+
+class RunnerPool:
+    """The live runners of one horse, most recently used last."""
+
+    def __init__(self, max_runners: int, environ: dict[str, str]) -> None:
+        self.max_runners = max_runners
+        self.environ = environ
+        self._runners: OrderedDict[str, Runner] = OrderedDict()
+
+    def get(self, spec: RunnerSpec) -> Runner:
+        """A live runner for ``spec``, started if there is none (:class:`RunnerFailed` if it cannot start)."""
+        runner = self._runners.pop(spec.key, None)
+        if runner is not None and not runner.current():
+            runner.kill()
+            runner = None
+        if runner is None:
+            while len(self._runners) >= self.max_runners:
+                _, oldest = self._runners.popitem(last=False)
+                oldest.kill()
+            started = time.monotonic()
+            runner = Runner.start(spec, self.environ)
+            logger.info(
+                "started prefab runner %d for %s in %.0f ms",
+                runner.popen.pid,
+                spec.key,
+                (time.monotonic() - started) * 1000,
+            )
+        self._runners[spec.key] = runner
+        return runner
+
+    def discard(self, runner: Runner) -> None:
+        """Kill a runner that must not run another job (deadline, cancel, memory, a broken exchange)."""
+        runner.kill()
+        if self._runners.get(runner.spec.key) is runner:
+            del self._runners[runner.spec.key]
+
+    def close(self) -> None:
+        for runner in self._runners.values():
+            runner.kill()
+        self._runners.clear()
