@@ -28,6 +28,7 @@ from factory.cli_events import EventPrinter
 from factory.client import FactoryClient, FactoryClientError
 from factory.embedded_redis import EmbeddedRedisError
 from factory.errors import ManifestError
+from factory.hardening import make_undumpable
 from factory.scaffold import FUNCTION_NAME, create_prefab
 from factory.settings import Settings, child_environ
 from factory.supervisor import Supervisor
@@ -98,6 +99,7 @@ def up(
     settings = _settings(
         host=host, port=port, workers=workers, prefabs=prefabs or None, state_dir=state_dir, redis_url=redis_url
     )
+    make_undumpable()
     try:
         code = Supervisor(settings).run()
     except EmbeddedRedisError as exc:

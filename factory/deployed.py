@@ -5,8 +5,9 @@ catalog change builds a new one. A call names a prefab (or only a function whose
 unique), and maybe a version; without one it runs the newest ``ready`` version.
 
 - unknown prefab, version or function → :class:`PrefabNotFound` (404);
-- a version that is ``failed`` or still ``building``, or a prefab with no ready version →
-  :class:`PrefabUnavailable` (503) with the reason, instead of a job that would fail.
+- a version that is ``failed`` → :class:`PrefabUnavailable` (503) with the reason, instead of a
+  job that would fail; a version still ``building`` takes calls, which wait in the queue until a
+  worker has built it (a call without a version prefers the newest ``ready`` one).
 """
 
 from collections import defaultdict
@@ -58,19 +59,24 @@ class DeployedCatalog:
         return next((d for d in self.versions(prefab_id) if d.state is DeploymentState.READY), None)
 
     def deployment(self, prefab_id: str, version: str | None) -> Deployment:
-        """The deployment a call runs on: the named version, else the newest ready one."""
+        """The deployment a call runs on: the named version, else the newest ready one, else the newest
+        one still building (the call waits in the queue while a worker builds it)."""
         versions = self.versions(prefab_id)
         if version is None:
-            ready = self.newest_ready(prefab_id)
-            if ready is not None:
-                return ready
-            return _unavailable(versions[0])
-        chosen = next((d for d in versions if d.version == version), None)
-        if chosen is None:
-            known = ", ".join(d.version for d in versions)
-            raise PrefabNotFound(f"prefab {prefab_id!r} has no version {version!r} (deployed: {known})")
-        if chosen.state is not DeploymentState.READY:
-            return _unavailable(chosen)
+            chosen = self.newest_ready(prefab_id) or next(
+                (d for d in versions if d.state is DeploymentState.BUILDING), versions[0]
+            )
+        else:
+            found = next((d for d in versions if d.version == version), None)
+            if found is None:
+                known = ", ".join(d.version for d in versions)
+                raise PrefabNotFound(f"prefab {prefab_id!r} has no version {version!r} (deployed: {known})")
+            chosen = found
+        if chosen.state is DeploymentState.FAILED:
+            raise PrefabUnavailable(
+                f"{chosen.ref} failed to deploy: {chosen.reason}",
+                details={"prefab_id": chosen.prefab_id, "version": chosen.version, "state": chosen.state},
+            )
         return chosen
 
     def resolve(self, prefab_id: str | None, function_name: str, version: str | None = None) -> Target:
@@ -96,16 +102,3 @@ class DeployedCatalog:
                 f"function {function_name!r} is served by several prefabs ({', '.join(owners)}): name prefab_id"
             )
         return owners[0]
-
-
-def _unavailable(deployment: Deployment) -> Deployment:
-    if deployment.state is DeploymentState.FAILED:
-        raise PrefabUnavailable(
-            f"{deployment.ref} failed to deploy: {deployment.reason}",
-            details={"prefab_id": deployment.prefab_id, "version": deployment.version, "state": deployment.state},
-        )
-    raise PrefabUnavailable(
-        f"{deployment.ref} is still {deployment.state.value}",
-        details={"prefab_id": deployment.prefab_id, "version": deployment.version, "state": deployment.state},
-        retry_after_s=2,
-    )

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -75,6 +77,20 @@ def find_redis_server() -> Path:
     )
 
 
+def state_password(state_dir: Path) -> str:
+    """The embedded Redis's password, made once per state folder and kept there (0600), so a restart
+    keeps it and processes reconnect."""
+    path = state_dir / "redis" / "password"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+
 def free_port() -> int:
     """A TCP port on the loopback that nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -104,11 +120,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _client(port: int, timeout_s: float) -> redis.Redis:
+def _client(port: int, timeout_s: float, password: str | None = None) -> redis.Redis:
     """A client that never retries: a refused connection must answer at once while polling or after SHUTDOWN."""
     return redis.Redis(
         host=HOST,
         port=port,
+        password=password,
         socket_connect_timeout=min(timeout_s, 1.0),
         socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
@@ -126,12 +143,14 @@ class EmbeddedRedis:
         extra_config: Sequence[str] = (),
         start_timeout_s: float = 10.0,
         executable: Path | None = None,
+        password: str | None = None,
     ) -> None:
         self.data_dir = (state_dir / "redis").resolve()
         self.extra_config = tuple(extra_config)
         self.start_timeout_s = start_timeout_s
         self._requested_port = port
         self._executable = executable
+        self.password = password  # requirepass: a process without the URL (prefab code) cannot use it
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -157,8 +176,9 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{HOST}:{self.port}/0"
+        """``redis://[:PASSWORD@]127.0.0.1:PORT/0``."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{HOST}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -181,7 +201,9 @@ class EmbeddedRedis:
             port = self._requested_port if self._requested_port is not None else free_port()
             try:
                 self._launch(executable, port)
-                logger.info("embedded redis-server pid %s on %s (data in %s)", self.pid, self.url, self.data_dir)
+                logger.info(
+                    "embedded redis-server pid %s on %s:%s (data in %s)", self.pid, HOST, self.port, self.data_dir
+                )
                 return self
             except EmbeddedRedisError:
                 if attempt == attempts or "Address already in use" not in self._log_tail():
@@ -215,6 +237,7 @@ class EmbeddedRedis:
             "always-show-logo no",
             "tcp-keepalive 60",
             *_PERSISTENCE,
+            *([f"requirepass {_quote(self.password)}"] if self.password else []),
             *self.extra_config,
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
@@ -241,7 +264,7 @@ class EmbeddedRedis:
     def _wait_ready(self) -> None:
         process = self._process
         assert process is not None and self._port is not None
-        client = _client(self._port, timeout_s=1.0)
+        client = _client(self._port, timeout_s=1.0, password=self.password)
         deadline = time.monotonic() + self.start_timeout_s
         try:
             while True:
@@ -281,7 +304,7 @@ class EmbeddedRedis:
         if process is None:
             return
         if process.poll() is None:
-            client = _client(self.port, timeout_s=timeout_s)
+            client = _client(self.port, timeout_s=timeout_s, password=self.password)
             try:
                 client.shutdown()
             except redis.RedisError as exc:

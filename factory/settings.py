@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     # Deployments (docs/deployments.md).
     env_dir: Path | None = None  # where prefab environments are built; default <state_dir>/envs
     runner_user: str | None = None  # as root, prefab processes run as this user (e.g. nobody)
+    prefab_python: str | None = None  # the interpreter prefab environments are made from; default: the factory's
     max_runners_per_horse: int = Field(default=4, ge=1)  # prefab versions a work horse keeps running
     serve_prefabs: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a worker's prefabs (all: empty)
     deploy_secret: str | None = Field(default=None, repr=False)  # HMAC key of X-Hub-Signature-256 on /v1/deploy

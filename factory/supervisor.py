@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from factory.embedded_redis import EmbeddedRedis
+from factory.embedded_redis import EmbeddedRedis, state_password
 from factory.settings import Settings, child_environ
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Supervisor:
         if self.settings.redis_url is not None:
             logger.info("using external Redis %s", self.settings.redis_url.rpartition("@")[2])
             return self.settings
-        self.redis = EmbeddedRedis(self.settings.state_dir).start()
+        self.redis = EmbeddedRedis(self.settings.state_dir, password=state_password(self.settings.state_dir)).start()
         return self.settings.model_copy(update={"redis_url": self.redis.url})
 
     def _check_redis(self) -> None:
@@ -190,7 +190,8 @@ class Supervisor:
         port = self.redis.port
         logger.error("embedded redis-server exited unexpectedly; starting it again on port %d", port)
         self.redis.stop()
-        self.redis = EmbeddedRedis(self.settings.state_dir, port).start()
+        password = state_password(self.settings.state_dir)
+        self.redis = EmbeddedRedis(self.settings.state_dir, port, password=password).start()
 
     def _start_children(self, settings: Settings) -> None:
         env = child_environ(settings)

@@ -2,6 +2,7 @@
 
 import uvicorn
 
+from factory.hardening import make_undumpable
 from factory.settings import Settings
 from gateway.app import configure_logging
 
@@ -9,6 +10,7 @@ from gateway.app import configure_logging
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(settings)
+    make_undumpable()  # prefab code running as this user cannot read this process's credentials
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,

@@ -13,7 +13,6 @@ import asyncio
 import io
 from typing import Annotated
 
-from factory.wheels import WheelInfo, canonical_wheel_name, read_wheel, signature_matches
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.datastructures import UploadFile
 
@@ -22,6 +21,7 @@ from factory.errors import BadRequest, NotFound, PayloadTooLarge, PermissionDeni
 from factory.jobs import now_ms
 from factory.registry import deploy, undeploy
 from factory.source_check import source_problems
+from factory.wheels import WheelInfo, canonical_wheel_name, read_wheel, signature_matches
 from gateway.deps import GatewayState, StateDep
 from gateway.routes_jobs import job_events
 from gateway.schemas import DeploymentList, DeploymentView, ErrorResponse

@@ -13,7 +13,7 @@ import redis
 
 from factory.embedded_redis import EmbeddedRedis
 from factory.settings import Settings
-from tests.stack import PREFAB_DIRS, Gateway, Stack
+from tests.stack import ENV_DIR, PREFAB_DIRS, Gateway, Stack
 
 _databases = itertools.count(1)
 
@@ -39,7 +39,15 @@ def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
 
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    return Settings(redis_url=redis_url, prefabs=PREFAB_DIRS, state_dir=tmp_path / "state", log_json=False)
+    # In-process gateways run without workers: calls wait in the queue instead of answering NO_WORKER.
+    return Settings(
+        redis_url=redis_url,
+        prefabs=PREFAB_DIRS,
+        state_dir=tmp_path / "state",
+        env_dir=ENV_DIR,
+        log_json=False,
+        queue_without_worker=True,
+    )
 
 
 @pytest.fixture

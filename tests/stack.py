@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from factory.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFAB_DIRS = [ROOT / "prefabs", ROOT / "tests" / "prefabs"]
+# Prefab environments are cached by content: every test's processes share one cache, so an
+# environment is built once per machine, not once per test.
+ENV_DIR = Path(tempfile.gettempdir()) / f"prefab-factory-test-envs-{os.getuid()}"
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Stack:
                 "REDIS_URL": self.redis_url,
                 "FACTORY_PREFABS": os.pathsep.join(str(p) for p in PREFAB_DIRS),
                 "FACTORY_STATE_DIR": str(self.workdir / "state"),
+                "FACTORY_ENV_DIR": str(ENV_DIR),
                 "FACTORY_LOG_JSON": "true",
                 "FACTORY_LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
@@ -193,3 +198,7 @@ def wait_status(gateway_url: str, job_id: str, statuses: set[str], timeout_s: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} stayed {job.get('status')}, wanted {statuses}")
         time.sleep(0.05)
+
+
+def events_url(gateway: Gateway, job_id: str) -> str:
+    return f"{gateway.url}/jobs/{job_id}/events"

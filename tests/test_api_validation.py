@@ -27,12 +27,14 @@ def fields_of(error: dict[str, Any]) -> set[str]:
     return {detail["field"] for detail in error["details"]}
 
 
-@pytest.fixture
-def store(settings: Settings) -> Iterator[redis.Redis]:
-    assert settings.redis_url
-    client = redis.Redis.from_url(settings.redis_url)
-    yield client
-    client.close()
+class Store(redis.Redis):
+    """The test's database, and the keys it held once the gateway started (its deployments)."""
+
+    baseline: set[bytes]
+
+    def unchanged(self) -> bool:
+        """Whether nothing was written since the gateway started: no job, no queue entry."""
+        return set(self.keys()) == self.baseline
 
 
 @pytest.fixture
@@ -41,7 +43,16 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-def enqueued_payload(store: redis.Redis, job_id: str) -> dict[str, Any]:
+@pytest.fixture
+def store(settings: Settings, client: TestClient) -> Iterator[Store]:
+    assert settings.redis_url
+    connection = Store.from_url(settings.redis_url)
+    connection.baseline = set(connection.keys())
+    yield connection
+    connection.close()
+
+
+def enqueued_payload(store: Store, job_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = Job.fetch(job_id, connection=store, serializer=JSONSerializer).args[0]
     return payload
 
@@ -51,14 +62,14 @@ def enqueued_payload(store: redis.Redis, job_id: str) -> dict[str, Any]:
     [("no-such-prefab", "typed"), ("behaviours", "no_such_function"), (None, "no_such_function")],
 )
 def test_unknown_prefab_or_function_is_404(
-    client: TestClient, store: redis.Redis, prefab_id: str | None, function_name: str
+    client: TestClient, store: Store, prefab_id: str | None, function_name: str
 ) -> None:
     response = client.post("/invoke", json={"prefab_id": prefab_id, "function_name": function_name, "inputs": {}})
     assert_error(response, 404, "NOT_FOUND")
-    assert store.dbsize() == 0
+    assert store.unchanged()
 
 
-def test_every_bad_field_is_named(client: TestClient, store: redis.Redis) -> None:
+def test_every_bad_field_is_named(client: TestClient, store: Store) -> None:
     inputs = {
         "text": 5,
         "mode": "turbo",
@@ -83,7 +94,7 @@ def test_every_bad_field_is_named(client: TestClient, store: redis.Redis) -> Non
         "inputs.bogus",
     }
     assert all(isinstance(detail["message"], str) and detail["message"] for detail in error["details"])
-    assert store.dbsize() == 0
+    assert store.unchanged()
 
 
 @pytest.mark.parametrize(
@@ -121,20 +132,20 @@ def test_body_not_matching_the_api_is_422(client: TestClient, body: dict[str, An
 
 
 @pytest.mark.parametrize("path", ["/invoke", "/invoke/typed", "/invoke/behaviours/typed"])
-def test_both_inputs_and_parameters_is_422(client: TestClient, store: redis.Redis, path: str) -> None:
+def test_both_inputs_and_parameters_is_422(client: TestClient, store: Store, path: str) -> None:
     body = {"inputs": {"text": "a"}, "parameters": {"text": "b"}}
     if path == "/invoke":
         body["function_name"] = "typed"
     assert_error(client.post(path, json=body), 422, "VALIDATION_ERROR")
-    assert store.dbsize() == 0
+    assert store.unchanged()
 
 
 @pytest.mark.parametrize("content", [b"{", b'{"function_name": "typed",}', b"\xff\xfe", b"[" * 100_000, b"nul"])
-def test_malformed_json_is_400(client: TestClient, store: redis.Redis, content: bytes) -> None:
+def test_malformed_json_is_400(client: TestClient, store: Store, content: bytes) -> None:
     for path in ("/invoke", "/invoke/typed"):
         response = client.post(path, content=content, headers={"Content-Type": "application/json"})
         assert_error(response, 400, "BAD_REQUEST")
-    assert store.dbsize() == 0
+    assert store.unchanged()
 
 
 @pytest.mark.parametrize(
@@ -148,7 +159,7 @@ def test_malformed_json_is_400(client: TestClient, store: redis.Redis, content: 
         b'{"text": "a", "options": {"level": 1, "\\ud800x": [NaN]}}',
     ],
 )
-def test_what_json_forbids_but_parsers_accept_is_400(client: TestClient, store: redis.Redis, inputs: bytes) -> None:
+def test_what_json_forbids_but_parsers_accept_is_400(client: TestClient, store: Store, inputs: bytes) -> None:
     for path, head in (("/invoke", b'{"function_name": "typed", "inputs": '), ("/invoke/typed", b'{"inputs": ')):
         response = client.post(path, content=head + inputs + b"}", headers={"Content-Type": "application/json"})
         error = assert_error(response, 400, "BAD_REQUEST")
@@ -156,7 +167,7 @@ def test_what_json_forbids_but_parsers_accept_is_400(client: TestClient, store: 
     files = b'{"function_name": "typed", "inputs": {"text": "a"}, "files": {"\\ud800": []}}'
     response = client.post("/invoke", content=files, headers={"Content-Type": "application/json"})
     assert fields_of(assert_error(response, 400, "BAD_REQUEST")) == {"files"}
-    assert store.dbsize() == 0
+    assert store.unchanged()
 
 
 def test_malformed_json_says_where(client: TestClient) -> None:
@@ -171,7 +182,7 @@ def test_body_that_is_not_json_typed_is_415(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_body_over_the_limit_is_413(settings: Settings, store: redis.Redis, chunked: bool) -> None:
+def test_body_over_the_limit_is_413(settings: Settings, store: Store, chunked: bool) -> None:
     small = settings.model_copy(update={"max_body_bytes": 1000})
     body = b'{"function_name": "typed", "inputs": {"text": "' + b"x" * 2000 + b'"}}'
     with TestClient(create_app(small)) as client:
@@ -181,11 +192,11 @@ def test_body_over_the_limit_is_413(settings: Settings, store: redis.Redis, chun
         else:
             response = client.post("/invoke", content=body, headers={"Content-Type": "application/json"})
         assert_error(response, 413, "PAYLOAD_TOO_LARGE")
-        assert store.dbsize() == 0
+        assert store.unchanged()
         assert client.post("/invoke", json=GOOD).status_code == 202  # under the limit: fine
 
 
-def test_defaults_are_filled_in_before_enqueue(client: TestClient, store: redis.Redis) -> None:
+def test_defaults_are_filled_in_before_enqueue(client: TestClient, store: Store) -> None:
     body = {"prefab_id": "behaviours", "function_name": "typed", "inputs": {"text": "a"}}
     response = client.post("/invoke", json=body)
     assert response.status_code == 202, response.text
@@ -193,7 +204,7 @@ def test_defaults_are_filled_in_before_enqueue(client: TestClient, store: redis.
     assert payload["inputs"] == {"text": "a", "mode": "fast"}  # no default given: left out, the function's own applies
 
 
-def test_parameters_is_the_ecosystem_name_for_inputs(client: TestClient, store: redis.Redis) -> None:
+def test_parameters_is_the_ecosystem_name_for_inputs(client: TestClient, store: Store) -> None:
     response = client.post("/invoke", json={"function_name": "typed", "parameters": {"text": "p", "count": 3}})
     assert response.status_code == 202, response.text
     assert enqueued_payload(store, response.json()["job_id"])["inputs"] == {"text": "p", "mode": "fast", "count": 3}
@@ -211,10 +222,10 @@ def test_prefab_id_may_be_omitted_when_the_function_is_unique(client: TestClient
     ["../x", "..", "%2e%2e", "a/b", "../behaviours", "behaviours/../behaviours", "__import__", "__init__", "os.path",
      "behaviours.typed", "/etc/passwd", "prefabs/behaviours", "", "behaviours\x00"],
 )  # fmt: skip
-def test_path_tricks_in_prefab_id_are_404(client: TestClient, store: redis.Redis, prefab_id: str) -> None:
+def test_path_tricks_in_prefab_id_are_404(client: TestClient, store: Store, prefab_id: str) -> None:
     response = client.post("/invoke", json={"prefab_id": prefab_id, "function_name": "typed", "inputs": {"text": "a"}})
     assert_error(response, 404, "NOT_FOUND")
-    assert store.dbsize() == 0
+    assert store.unchanged()
 
 
 @pytest.mark.parametrize(
@@ -222,12 +233,12 @@ def test_path_tricks_in_prefab_id_are_404(client: TestClient, store: redis.Redis
     ["__import__", "__init__", "__class__", "typed.__globals__", "os.system", "main.typed", "../typed", "typed/", "",
      "_private", "Typed", "eval", "exec", "open"],
 )  # fmt: skip
-def test_names_outside_the_manifest_are_404(client: TestClient, store: redis.Redis, function_name: str) -> None:
+def test_names_outside_the_manifest_are_404(client: TestClient, store: Store, function_name: str) -> None:
     response = client.post("/invoke", json={"function_name": function_name, "inputs": {}})
     assert_error(response, 404, "NOT_FOUND")
     response = client.post("/invoke", json={"prefab_id": "behaviours", "function_name": function_name, "inputs": {}})
     assert_error(response, 404, "NOT_FOUND")
-    assert store.dbsize() == 0
+    assert store.unchanged()
 
 
 @pytest.mark.parametrize(
@@ -236,13 +247,13 @@ def test_names_outside_the_manifest_are_404(client: TestClient, store: redis.Red
      "/invoke/behaviours/__init__", "/invoke/os.path/typed", "/invoke/behaviours/typed%2F..",
      "/prefabs/%2e%2e", "/prefabs/..%2F..%2Fetc", "/prefabs/__init__", "/jobs/..%2F..%2Fetc", "/jobs/%2e%2e/events"],
 )  # fmt: skip
-def test_path_tricks_in_urls_are_404(client: TestClient, store: redis.Redis, path: str) -> None:
+def test_path_tricks_in_urls_are_404(client: TestClient, store: Store, path: str) -> None:
     if path.startswith("/invoke"):
         response = client.post(path, json={"inputs": {"text": "a"}})
     else:
         response = client.get(path)
     assert_error(response, 404, "NOT_FOUND")
-    assert store.dbsize() == 0
+    assert store.unchanged()
 
 
 def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient) -> None:

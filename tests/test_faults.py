@@ -16,7 +16,7 @@ import pytest
 
 from factory.embedded_redis import EmbeddedRedis, free_port
 from factory.supervisor import descendants
-from tests.stack import Gateway, Proc, Received, Stack, invoke, parse_frames, read_events, wait_status
+from tests.stack import Gateway, Proc, Received, Stack, events_url, invoke, parse_frames, read_events, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -85,10 +85,6 @@ def kill_machine(worker: Proc) -> None:
 def job(gateway: Gateway, job_id: str) -> dict[str, object]:
     body: dict[str, object] = httpx.get(f"{gateway.url}/jobs/{job_id}", timeout=10).json()
     return body
-
-
-def events_url(gateway: Gateway, job_id: str) -> str:
-    return f"{gateway.url}/jobs/{job_id}/events"
 
 
 def error_code(event: Received) -> object:

@@ -7,6 +7,7 @@ import uuid
 
 from factory import logs
 from factory.connections import redis_sync
+from factory.hardening import make_undumpable
 from factory.registry import register_folders
 from factory.retention import sweep_workspaces
 from factory.settings import FACTORY_CREDENTIAL_VARS, Settings
@@ -42,6 +43,7 @@ def _worker_name() -> str:
 def main() -> None:
     settings = Settings.from_env()
     logs.configure("worker", settings.log_level, settings.log_json)
+    make_undumpable()
     if settings.worker_lost_after_s < 2 * max(1.0, settings.worker_heartbeat_s):
         logger.warning(
             "worker_lost_after_s (%g s) is under two heartbeats (%g s each): running jobs may be taken for lost",

@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,14 +143,22 @@ class Environments:
             return None
         return Environment(key=key, path=path, python=python)
 
-    def ensure(self, key: str, wheel: Path, requirements: str | None, on_step: StepCallback) -> Environment:
-        """The environment of ``key``, built from ``wheel`` (and the pins ``requirements``) unless cached."""
+    def ensure(
+        self,
+        key: str,
+        wheel: Path | None,
+        requirements: str | None,
+        on_step: StepCallback,
+        packages: Sequence[str] = (),
+    ) -> Environment:
+        """The environment of ``key``, built from ``wheel`` and ``packages`` (requirement specs; a folder
+        run in place has no wheel) with the pins ``requirements``, unless cached."""
         found = self.find(key)
         if found is None:
             with self._locked(key, on_step):
                 found = self.find(key)
                 if found is None:
-                    return self._build(key, wheel, requirements, on_step)
+                    return self._build(key, wheel, requirements, on_step, packages)
         on_step("cached", {"key": key, "path": str(found.path)})
         return found
 
@@ -180,7 +188,9 @@ class Environments:
                     raise EnvironmentBuildError(f"environment {key}: another process kept building it", "") from None
                 time.sleep(LOCK_POLL_S)
 
-    def _build(self, key: str, wheel: Path, requirements: str | None, on_step: StepCallback) -> Environment:
+    def _build(
+        self, key: str, wheel: Path | None, requirements: str | None, on_step: StepCallback, packages: Sequence[str]
+    ) -> Environment:
         self._clear_leftovers(key)
         final = self.root / key
         building = self.root / f"{BUILDING}{key}-{secrets.token_hex(4)}"
@@ -190,8 +200,9 @@ class Environments:
             on_step("creating", {"key": key, "python": self.python})
             self._run(["venv", "--relocatable", "--no-project", "--python", self.python, str(building)], deadline, None)
             build = _Build(on_step)
-            on_step("resolving", {"wheel": wheel.name})
-            self._run(self._install_args(building, wheel, requirements), deadline, build.line)
+            if wheel is not None or packages:
+                on_step("resolving", {"wheel": wheel.name if wheel else None, "requirements": list(packages)})
+                self._run(self._install_args(building, wheel, requirements, packages), deadline, build.line)
             on_step("installed", {"packages": build.installed, "distributions": build.added})
             os.rename(building, final)
             _write_marker(final, key, wheel, self.python, build.added)
@@ -202,10 +213,13 @@ class Environments:
             raise
         finally:
             _pins_file(building).unlink(missing_ok=True)
-        logger.info("environment %s for %s built in %.1f s", key, wheel.name, time.monotonic() - started)
+        what = wheel.name if wheel is not None else ", ".join(packages) or "no packages"
+        logger.info("environment %s for %s built in %.1f s", key, what, time.monotonic() - started)
         return Environment(key=key, path=final, python=final / "bin" / "python")
 
-    def _install_args(self, building: Path, wheel: Path, requirements: str | None) -> list[str]:
+    def _install_args(
+        self, building: Path, wheel: Path | None, requirements: str | None, packages: Sequence[str]
+    ) -> list[str]:
         args = ["pip", "install", "--python", str(building / "bin" / "python"), "--compile-bytecode"]
         args += index_arguments(self.index)
         if requirements:
@@ -216,7 +230,9 @@ class Environments:
             args += ["--constraint", str(pins)]
             for extra in self.index.get("UV_CONSTRAINT", "").split():
                 args += ["--constraint", extra]
-        args.append(str(wheel.resolve()))
+        if wheel is not None:
+            args.append(str(wheel.resolve()))
+        args += packages
         return args
 
     def _run(self, args: list[str], deadline: float, on_line: Callable[[str], None] | None) -> None:
@@ -302,8 +318,8 @@ def _pins_file(building: Path) -> Path:
     return building.with_name(building.name + ".constraints.txt")
 
 
-def _write_marker(final: Path, key: str, wheel: Path, python: str, distributions: list[str]) -> None:
-    record = {"key": key, "wheel": wheel.name, "python": python, "distributions": distributions}
+def _write_marker(final: Path, key: str, wheel: Path | None, python: str, distributions: list[str]) -> None:
+    record = {"key": key, "wheel": wheel.name if wheel else None, "python": python, "distributions": distributions}
     fd, tmp = tempfile.mkstemp(dir=final, prefix=".marker-")
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         json.dump(record, out)

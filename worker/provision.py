@@ -12,6 +12,7 @@ folder deployment, from the folder's declared dependencies; then the horse's
 import logging
 import os
 import pwd
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,12 @@ class Provisioner:
         self.client = client
         self.storage = storage
         self.environ = environ
-        self.environments = Environments(settings.environments_dir())
+        self.environments = Environments(settings.environments_dir(), python=settings.prefab_python or sys.executable)
         self._deployments: dict[str, Deployment] = {}
         self._pool: RunnerPool | None = None  # made in the process that runs jobs (the horse)
         self._uid_gid = _user_ids(settings.runner_user) if os.getuid() == 0 else None
+        if self._uid_gid is not None:
+            _close_state_dir(settings.state_dir)
 
     def deployment(self, deployment_id: str) -> Deployment:
         """The deployment's record (:class:`ProvisionError` when the factory has none)."""
@@ -67,9 +70,8 @@ class Provisioner:
         """The deployment's environment, built here if this machine has none yet."""
         try:
             if deployment.source is DeploymentSource.FOLDER:
-                requirements = deployment.locked or "\n".join(deployment.requirements)
-                key = environment_key(deployment.sha256, requirements)
-                return self.environments.ensure(key, None, requirements, on_step)
+                key = environment_key(deployment.sha256, deployment.locked)
+                return self.environments.ensure(key, None, deployment.locked, on_step, deployment.requirements)
             key = environment_key(deployment.sha256, deployment.locked)
             found = self.environments.find(key)
             if found is not None:
@@ -108,7 +110,7 @@ class Provisioner:
             python=environment.python,
             code_dir=deployment.location if deployment.source is DeploymentSource.FOLDER else "",
             memory_bytes=memory.memory_limit_bytes if memory is not None else 0,
-            user=self.settings.runner_user or "" if self._uid_gid is not None else "",
+            user=(self.settings.runner_user or "") if self._uid_gid is not None else "",
         )
         return self._pool.get(spec)
 
@@ -135,3 +137,19 @@ def _user_ids(user: str | None) -> tuple[int, int] | None:
         return None
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
+
+
+def _close_state_dir(state_dir: Path) -> None:
+    """Let the runners' user reach its own workspace and nothing else of the state folder.
+
+    The folder and ``work/`` can be passed through but not listed (a workspace's name is its
+    unguessable job id); everything else in it (Redis data, stored files) is the factory's alone.
+    Environments (``envs/``) stay readable: they hold only installed packages.
+    """
+    work = state_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o711)
+    work.chmod(0o711)
+    for entry in state_dir.iterdir():
+        if entry.is_dir() and entry.name not in ("work", "envs"):
+            entry.chmod(0o700)

@@ -148,6 +148,7 @@ class InvocationRunner:
         self.request = request
         self.claim = claim
         self.workspace = Workspace(runtime.settings.state_dir, request.job_id)
+        self._runner_idle = False
 
     def run(self) -> RunReport:
         """Run the job to its terminal event (or its retry); never raises for a failure of the prefab."""
@@ -299,17 +300,16 @@ class InvocationRunner:
             "cwd": str(self.workspace.path),
         }
         runner.job_id = self.request.job_id
+        self._runner_idle = False  # set once the runner reported the job's end: only then may it run another
         try:
             runner.send(order)
-            end = self._follow(runner, publisher)
+            return self._follow(runner, publisher)
         except RunnerGone as gone:
-            provisioner.discard(runner)
             return _End(error_event(WORKER_LOST, f"the prefab's process died ({gone.description})"), retryable=True)
         finally:
             runner.job_id = None
-        if end is None:
-            provisioner.discard(runner)  # the log closed mid-job (a cancel): it must not run on
-        return end
+            if not self._runner_idle:  # stopped mid-job (deadline, cancel, a bad event), or dead
+                provisioner.discard(runner)
 
     def _follow(self, runner: Runner, publisher: EventPublisher) -> _End | None:
         """Publish what the runner sends until the function ends, the deadline passes or the log closes."""
@@ -319,7 +319,6 @@ class InvocationRunner:
         while True:
             remaining_s = deadline_at - time.monotonic()
             if remaining_s <= 0:
-                self.runtime.provisioner.discard(runner)  # stopped mid-job: it must not run another
                 return _error(TIMEOUT, f"the job exceeded its timeout of {timeout_s:g} s")
             message = runner.recv(min(remaining_s, CANCEL_POLL_S))
             if publisher.ended.is_set():
@@ -343,10 +342,10 @@ class InvocationRunner:
 
     def _drain(self, runner: Runner) -> None:
         """Read the runner's end of a job that yielded its terminal event (it closes the generator)."""
-        if runner.recv(DRAIN_S) is None:
-            self.runtime.provisioner.discard(runner)  # its generator's cleanup hangs: never reuse it
+        self._runner_idle = runner.recv(DRAIN_S) is not None  # else its generator's cleanup hangs
 
     def _ended_by(self, runner: Runner, tag: bytes, body: bytes) -> _End:
+        self._runner_idle = tag in (b"F", b"R", b"N", b"X")
         if tag == b"F":
             return _End(orjson.dumps({"type": "done", "data": None}))
         if tag == b"R":
@@ -354,11 +353,9 @@ class InvocationRunner:
         if tag == b"N":
             return _error(INVALID_EVENT, body.decode(errors="replace"))
         if tag == b"M":
-            self.runtime.provisioner.discard(runner)
             return _error(RESOURCE_EXHAUSTED, body.decode(errors="replace"))
         if tag == b"X":
             report = orjson.loads(body)
             logger.error("prefab raised:\n%s", report.get("traceback", ""))
             return _End(error_event(UNEXPECTED_ERROR, f"{report['type']}: {report['message']}"), retryable=True)
-        self.runtime.provisioner.discard(runner)
         return _error(UNEXPECTED_ERROR, f"the prefab's process sent an unknown message {tag!r}")
