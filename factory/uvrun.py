@@ -229,7 +229,9 @@ def run_uv(
     on_line: Callable[[str], None] | None = None,
 ) -> UvRun:
     """Run ``uv ARGS`` with stdout and stderr merged, handing each line to ``on_line`` as it comes."""
-    proc = subprocess.Popen(
+    expired = threading.Event()
+    lines: list[str] = []
+    with subprocess.Popen(
         [uv_binary(), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -240,33 +242,30 @@ def run_uv(
         encoding="utf-8",
         errors="replace",
         start_new_session=True,  # its own process group, so a kill also ends a build backend it started
-    )
-    expired = threading.Event()
+    ) as proc:
 
-    def kill() -> None:
-        expired.set()
-        _kill_group(proc)
-
-    timer = threading.Timer(timeout_s, kill)
-    timer.start()
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if on_line is not None:
-                on_line(line.rstrip("\n"))
-        returncode = proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
+        def kill() -> None:
+            expired.set()
             _kill_group(proc)
-            proc.wait()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                _kill_group(proc)
     timed_out = expired.is_set()
     return UvRun(None if timed_out else returncode, "".join(lines), timed_out)
 
 
-def _kill_group(proc: "subprocess.Popen[str]") -> None:
+def _kill_group(proc: subprocess.Popen[str]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
