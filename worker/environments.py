@@ -130,6 +130,10 @@ class Environments:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / LOCKS).mkdir(exist_ok=True)
 
+    def lock_path(self, key: str) -> Path:
+        """The file whose flock is held while ``key`` is built or removed."""
+        return self.root / LOCKS / f"{_checked(key)}.lock"
+
     def find(self, key: str) -> Environment | None:
         """The finished environment of ``key``, or None; finding one marks it as used now."""
         path = self.root / _checked(key)
@@ -157,7 +161,7 @@ class Environments:
     @contextmanager
     def _locked(self, key: str, on_step: StepCallback) -> Iterator[None]:
         """Hold the key's lock; report "waiting" while another process builds it."""
-        with open(self.root / LOCKS / f"{key}.lock", "a+b") as handle:
+        with open(self.lock_path(key), "a+b") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -254,7 +258,7 @@ class Environments:
             last_used = (marker if marker.is_file() else entry).stat().st_mtime
             if now - last_used < older_than_s:
                 continue
-            with open(self.root / LOCKS / f"{key}.lock", "a+b") as handle:
+            with open(self.lock_path(key), "a+b") as handle:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
