@@ -149,6 +149,12 @@ def test_unused_environments_are_swept(kit: Kit, tmp_path: Path) -> None:
     assert envs.remove_unused(keep={one.key}, older_than_s=0) == [two.key]
     assert envs.find(two.key) is None and not two.path.exists()
     assert envs.find(one.key) == one
+    # What a builder that died left behind goes too, once old enough; a kept key's leftovers as well.
+    dead = tmp_path / "envs" / f".building-{one.key}-dead"
+    (dead / "bin").mkdir(parents=True)
+    assert envs.remove_unused(keep={one.key}, older_than_s=3600) == [] and dead.exists()
+    assert envs.remove_unused(keep={one.key}, older_than_s=0) == [] and not dead.exists()
+    assert sorted(p.name for p in (tmp_path / "envs").iterdir()) == [".locks", one.key]
 
 
 _ENSURE_SCRIPT = """

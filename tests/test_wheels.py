@@ -87,6 +87,15 @@ def test_read_wheel_refuses_with_the_reason(change: object, message: str) -> Non
         read_wheel(make_wheel(entries), name="hello_world-1.0.0-py3-none-any.whl")
 
 
+def test_read_wheel_refuses_an_entry_packed_twice() -> None:
+    data = make_wheel(good_entries())
+    buffer = io.BytesIO(data)
+    with zipfile.ZipFile(buffer, "a") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        archive.writestr("src/main.py", "import os\n")
+    with pytest.raises(ManifestError, match="twice"):
+        read_wheel(buffer.getvalue())
+
+
 def test_read_wheel_refuses_what_is_not_a_zip() -> None:
     with pytest.raises(ManifestError, match="not a wheel"):
         read_wheel(b"this is not a zip archive")

@@ -148,7 +148,12 @@ class Environments:
         return Environment(key=key, path=path, python=python)
 
     def ensure(self, key: str, wheel: Path, requirements: str | None, on_step: StepCallback) -> Environment:
-        """The environment of ``key``, built from ``wheel`` (and the pins ``requirements``) unless cached."""
+        """The environment of ``key``, built from ``wheel`` (and the pins ``requirements``) unless cached.
+
+        ``wheel`` must keep its wheel file name (``name-version-tags.whl``): uv reads it. ``on_step``
+        hears "cached", or "waiting" (another process builds the key), "creating", "resolving",
+        "installing" ({"packages": N}) and "installed", as they happen.
+        """
         found = self.find(key)
         if found is None:
             with self._locked(key, on_step):
@@ -246,29 +251,42 @@ class Environments:
         """Remove environments not in ``keep`` and unused for ``older_than_s``; return their keys.
 
         ``keep`` must hold every key a deployed version may still run in: an environment found
-        without its lock (the cached path of :meth:`ensure`) is not protected otherwise.
+        without its lock (the cached path of :meth:`ensure`) is not protected otherwise. What
+        builders that died left behind goes too, once that old.
         """
         removed: list[str] = []
         now = time.time()
         for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(TRASH):  # a removal that died half way: nobody can use it
+                if now - entry.stat().st_mtime >= older_than_s:
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
             key = _key_of(entry.name)
-            if key is None or key in keep:
+            finished = not entry.name.startswith(".")
+            if key is None or (finished and key in keep):
                 continue
-            marker = entry / MARKER
-            last_used = (marker if marker.is_file() else entry).stat().st_mtime
-            if now - last_used < older_than_s:
-                continue
-            with open(self.lock_path(key), "a+b") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # being built or removed right now
-                marker.unlink(missing_ok=True)  # no longer found from here on
-                _remove(entry)
-            if not entry.name.startswith("."):
+            if self._remove_if_idle(key, entry, now, older_than_s) and finished:
                 removed.append(key)
                 logger.info("removed unused environment %s", key)
         return removed
+
+    def _remove_if_idle(self, key: str, entry: Path, now: float, older_than_s: float) -> bool:
+        """Remove an environment (or a dead builder's leftover) unused for that long and not locked."""
+        marker = entry / MARKER
+        try:
+            last_used = (marker if marker.is_file() else entry).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if now - last_used < older_than_s:
+            return False
+        with open(self.lock_path(key), "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # being built or removed right now
+            marker.unlink(missing_ok=True)  # no longer found from here on
+            _remove(entry)
+        return True
 
 
 def _checked(key: str) -> str:
