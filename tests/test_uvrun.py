@@ -29,6 +29,7 @@ def test_pip_conf_becomes_uv_variables_and_missing_local_paths_are_dropped(tmp_p
     env = index_environment(isolated(tmp_path))
     assert env["UV_INDEX_URL"] == "https://index.test/simple"
     assert env["UV_EXTRA_INDEX_URL"] == "https://extra.test/simple"
+    assert env["UV_INDEX_STRATEGY"] == "unsafe-best-match"  # as pip chooses among its indexes
     assert env["UV_FIND_LINKS"] == f"{links},https://links.test/"
     assert env["UV_INSECURE_HOST"] == "index.test"
     assert index_arguments(env) == []
