@@ -16,6 +16,9 @@ machine's pip and uv are configured with, and it is handed on to uv unchanged in
 - uv has no ``UV_NO_INDEX`` variable (it ignores one): ``UV_NO_INDEX`` (or pip's ``no-index``)
   stays in the returned mapping as our own marker and :func:`index_arguments` turns it into
   ``--no-index`` for the commands that resolve.
+- pip's ``extra-index-url`` comes with ``UV_INDEX_STRATEGY=unsafe-best-match`` (unless set), so
+  uv picks versions across the indexes as pip does instead of stopping at the first that knows
+  the package.
 - A local ``find-links`` entry that does not exist is dropped: uv fails on a missing directory
   where pip only warns.
 
@@ -172,6 +175,10 @@ def index_environment(environ: Mapping[str, str] | None = None) -> dict[str, str
         extras = _existing_links(pip["extra-index-url"].split())
         if extras:
             env["UV_EXTRA_INDEX_URL"] = " ".join(extras)
+            # pip takes the best version across all its indexes; uv by default stops at the first
+            # index that has the package at all, which would hide newer releases behind a partial mirror.
+            if "UV_INDEX_STRATEGY" not in environ:
+                env["UV_INDEX_STRATEGY"] = "unsafe-best-match"
     links = env["UV_FIND_LINKS"].split(",") if "UV_FIND_LINKS" in env else pip.get("find-links", "").split()
     links = _existing_links([link.strip() for link in links if link.strip()])
     env.pop("UV_FIND_LINKS", None)
@@ -229,7 +236,9 @@ def run_uv(
     on_line: Callable[[str], None] | None = None,
 ) -> UvRun:
     """Run ``uv ARGS`` with stdout and stderr merged, handing each line to ``on_line`` as it comes."""
-    proc = subprocess.Popen(
+    expired = threading.Event()
+    lines: list[str] = []
+    with subprocess.Popen(
         [uv_binary(), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -240,33 +249,30 @@ def run_uv(
         encoding="utf-8",
         errors="replace",
         start_new_session=True,  # its own process group, so a kill also ends a build backend it started
-    )
-    expired = threading.Event()
+    ) as proc:
 
-    def kill() -> None:
-        expired.set()
-        _kill_group(proc)
-
-    timer = threading.Timer(timeout_s, kill)
-    timer.start()
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if on_line is not None:
-                on_line(line.rstrip("\n"))
-        returncode = proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
+        def kill() -> None:
+            expired.set()
             _kill_group(proc)
-            proc.wait()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                _kill_group(proc)
     timed_out = expired.is_set()
     return UvRun(None if timed_out else returncode, "".join(lines), timed_out)
 
 
-def _kill_group(proc: "subprocess.Popen[str]") -> None:
+def _kill_group(proc: subprocess.Popen[str]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

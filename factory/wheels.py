@@ -107,6 +107,8 @@ def read_wheel(data: bytes, *, name: str = "wheel") -> WheelInfo:
         raise ManifestError(f"{name}: not a wheel (not a zip archive)") from exc
     with archive:
         entries = {info.filename: info for info in archive.infolist()}
+        if len(entries) != len(archive.infolist()):
+            raise ManifestError(f"{name}: the same entry appears twice in the archive")
         for entry in entries:
             _check_entry(name, entry)
         metadata_entries = [e for e in entries if re.fullmatch(r"[^/]+\.dist-info/METADATA", e)]

@@ -130,6 +130,10 @@ class Environments:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / LOCKS).mkdir(exist_ok=True)
 
+    def lock_path(self, key: str) -> Path:
+        """The file whose flock is held while ``key`` is built or removed."""
+        return self.root / LOCKS / f"{_checked(key)}.lock"
+
     def find(self, key: str) -> Environment | None:
         """The finished environment of ``key``, or None; finding one marks it as used now."""
         path = self.root / _checked(key)
@@ -151,8 +155,13 @@ class Environments:
         on_step: StepCallback,
         packages: Sequence[str] = (),
     ) -> Environment:
-        """The environment of ``key``, built from ``wheel`` and ``packages`` (requirement specs; a folder
-        run in place has no wheel) with the pins ``requirements``, unless cached."""
+        """The environment of ``key``, built from ``wheel`` and ``packages`` (requirement specs: a folder
+        run in place has no wheel) with the pins ``requirements``, unless cached.
+
+        ``wheel`` must keep its wheel file name (``name-version-tags.whl``): uv reads it. ``on_step``
+        hears "cached", or "waiting" (another process builds the key), "creating", "resolving",
+        "installing" ({"packages": N}) and "installed", as they happen.
+        """
         found = self.find(key)
         if found is None:
             with self._locked(key, on_step):
@@ -165,7 +174,7 @@ class Environments:
     @contextmanager
     def _locked(self, key: str, on_step: StepCallback) -> Iterator[None]:
         """Hold the key's lock; report "waiting" while another process builds it."""
-        with open(self.root / LOCKS / f"{key}.lock", "a+b") as handle:
+        with open(self.lock_path(key), "a+b") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -258,29 +267,42 @@ class Environments:
         """Remove environments not in ``keep`` and unused for ``older_than_s``; return their keys.
 
         ``keep`` must hold every key a deployed version may still run in: an environment found
-        without its lock (the cached path of :meth:`ensure`) is not protected otherwise.
+        without its lock (the cached path of :meth:`ensure`) is not protected otherwise. What
+        builders that died left behind goes too, once that old.
         """
         removed: list[str] = []
         now = time.time()
         for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(TRASH):  # a removal that died half way: nobody can use it
+                if now - entry.stat().st_mtime >= older_than_s:
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
             key = _key_of(entry.name)
-            if key is None or key in keep:
+            finished = not entry.name.startswith(".")
+            if key is None or (finished and key in keep):
                 continue
-            marker = entry / MARKER
-            last_used = (marker if marker.is_file() else entry).stat().st_mtime
-            if now - last_used < older_than_s:
-                continue
-            with open(self.root / LOCKS / f"{key}.lock", "a+b") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # being built or removed right now
-                marker.unlink(missing_ok=True)  # no longer found from here on
-                _remove(entry)
-            if not entry.name.startswith("."):
+            if self._remove_if_idle(key, entry, now, older_than_s) and finished:
                 removed.append(key)
                 logger.info("removed unused environment %s", key)
         return removed
+
+    def _remove_if_idle(self, key: str, entry: Path, now: float, older_than_s: float) -> bool:
+        """Remove an environment (or a dead builder's leftover) unused for that long and not locked."""
+        marker = entry / MARKER
+        try:
+            last_used = (marker if marker.is_file() else entry).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if now - last_used < older_than_s:
+            return False
+        with open(self.lock_path(key), "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # being built or removed right now
+            marker.unlink(missing_ok=True)  # no longer found from here on
+            _remove(entry)
+        return True
 
 
 def _checked(key: str) -> str:
