@@ -40,7 +40,8 @@ def enqueue(client: redis.Redis, settings: Settings, record: JobRecord, request:
     with client.pipeline() as pipe:
         pipe.multi()
         pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
-        pipe.zadd(keys.recent_jobs_key(), {record.job_id: record.created_ms})
+        if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
+            pipe.zadd(keys.recent_jobs_key(), {record.job_id: record.created_ms})
         queue.enqueue_call(
             TASK,
             args=[request.model_dump(mode="json")],

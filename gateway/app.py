@@ -7,14 +7,18 @@ everything is handed to routes through lifespan state.
 """
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 
+import redis
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from redis.exceptions import RedisError
 
 from factory import logs
+from factory.catalog import PrefabEntry
 from factory.connections import redis_async, redis_sync
 from factory.registry import register_folders
 from factory.settings import Settings
@@ -30,7 +34,19 @@ from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
 from gateway.relay import RelayHub
 
+logger = logging.getLogger(__name__)
+
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, GatewayState]]]
+
+
+async def _register_folders(client: redis.Redis, settings: Settings) -> list[PrefabEntry]:
+    """Deploy the configured prefab folders; with Redis away, the gateway starts anyway (the workers
+    register them too, and ``/readyz`` says Redis is unreachable)."""
+    try:
+        return await asyncio.to_thread(register_folders, client, settings)
+    except (RedisError, OSError) as exc:
+        logger.warning("cannot record the prefab folders now: %s", exc)
+        return []
 
 
 def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifespan:
@@ -41,9 +57,10 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         url = settings.require_redis_url()
         client = redis_async(url)
         sync_client = redis_sync(url)
-        folders = await asyncio.to_thread(register_folders, sync_client, settings)
+        folders = await _register_folders(sync_client, settings)
         catalog = CatalogView(client, settings.queue_without_worker)
-        await catalog.refresh()
+        with suppress(RedisError, OSError):  # else on the first call, once Redis answers
+            await catalog.refresh()
         hub = RelayHub(client)
         await hub.start()
         storage = storage_from_settings(settings)

@@ -17,8 +17,15 @@ from typing import Any
 
 import httpx
 import orjson
+import redis
+from rq.job import Job
 
+from factory.deployments import Deployment
 from factory.embedded_redis import free_port
+from factory.enqueue import enqueue
+from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
+from factory.registry import read_all
+from factory.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFAB_DIRS = [ROOT / "prefabs", ROOT / "tests" / "prefabs"]
@@ -81,6 +88,9 @@ class Stack:
                 "FACTORY_PREFABS": os.pathsep.join(str(p) for p in PREFAB_DIRS),
                 "FACTORY_STATE_DIR": str(self.workdir / "state"),
                 "FACTORY_ENV_DIR": str(ENV_DIR),
+                # Many tests start a gateway before (or without) workers: their calls wait in the queue.
+                # The refusal of calls no worker serves is tested on its own (test_deployments.py).
+                "FACTORY_QUEUE_WITHOUT_WORKER": "true",
                 "FACTORY_LOG_JSON": "true",
                 "FACTORY_LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
@@ -202,3 +212,44 @@ def wait_status(gateway_url: str, job_id: str, statuses: set[str], timeout_s: fl
 
 def events_url(gateway: Gateway, job_id: str) -> str:
     return f"{gateway.url}/jobs/{job_id}/events"
+
+
+def deployment_of(client: redis.Redis, prefab_id: str) -> Deployment:
+    """The live deployment of a prefab (the folder prefabs are deployed when a gateway or worker starts)."""
+    live = [d for d in read_all(client).values() if d.prefab_id == prefab_id and d.state.value != "retired"]
+    assert live, f"{prefab_id} is not deployed"
+    return live[0]
+
+
+def enqueue_call(
+    client: redis.Redis,
+    settings: Settings,
+    function_name: str,
+    inputs: dict[str, Any],
+    *,
+    prefab_id: str = "behaviours",
+    retries: int = 0,
+    timeout_s: float = 10,
+    rq_timeout_s: int | None = None,
+) -> str:
+    """A queued call as the gateway leaves it (record, RQ job on its prefab's queue, doorbell); its job id."""
+    deployment = deployment_of(client, prefab_id)
+    job_id = new_job_id()
+    record = JobRecord(
+        job_id=job_id, prefab_id=prefab_id, function_name=function_name, status=JobStatus.QUEUED, created_ms=now_ms()
+    )
+    request = InvocationRequest(
+        job_id=job_id,
+        prefab_id=prefab_id,
+        function_name=function_name,
+        version=deployment.version,
+        deployment_id=deployment.deployment_id,
+        inputs=inputs,
+        timeout_s=timeout_s,
+        retries=retries,
+        created_ms=now_ms(),
+    )
+    enqueue(client, settings, record, request)
+    if rq_timeout_s is not None:  # RQ's own deadline, shorter than the factory's margin gives it
+        client.hset(Job.key_for(job_id), "timeout", rq_timeout_s)
+    return job_id

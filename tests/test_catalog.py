@@ -108,7 +108,7 @@ def test_broken_prefabs_are_listed_as_broken_by_the_gateway(tmp_path: Path, redi
     with TestClient(create_app(settings)) as client:
         listed = {p["id"]: p for p in client.get("/prefabs").json()["prefabs"]}
         assert listed["bad"]["status"] == "broken" and "not a generator" in listed["bad"]["problems"][0]
-        assert listed["good"]["status"] == "loaded"
+        assert listed["good"]["status"] == "building"  # deployed in place; no worker has built it yet
         assert client.get("/prefabs/bad").status_code == 404
         response = client.post("/invoke", json={"prefab_id": "bad", "function_name": "plain", "inputs": {"x": 1}})
         assert response.status_code == 404

@@ -10,8 +10,10 @@ from rq.serializers import JSONSerializer
 from factory import keys, reaper
 from factory.eventlog import APPEND_LUA, Outcome, append_args, append_keys, parse_append
 from factory.events import WORKER_LOST
-from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
+from factory.jobs import JobRecord, JobStatus
+from factory.registry import register_folders
 from factory.settings import Settings
+from tests.stack import enqueue_call
 from worker.rqjobs import RQJobs
 
 
@@ -20,25 +22,21 @@ def client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
 
 
+@pytest.fixture(autouse=True)
+def deployed(client: redis.Redis, settings: Settings) -> None:
+    """The test prefabs deployed, as a gateway or worker does at start (their builds left aside)."""
+    register_folders(client, settings)
+    Queue(keys.deploy_queue_name(settings.queue_name), connection=client).empty()
+
+
 def _new_job(client: redis.Redis, settings: Settings, retries: int = 0) -> str:
-    """A queued job as the gateway leaves it: record plus RQ job."""
-    job_id = new_job_id()
-    record = JobRecord(
-        job_id=job_id, prefab_id="behaviours", function_name="counter", status=JobStatus.QUEUED, created_ms=now_ms()
-    )
-    client.hset(keys.job_key(job_id), mapping=record.to_hash())  # type: ignore[arg-type]
-    request = InvocationRequest(
-        job_id=job_id,
-        prefab_id="behaviours",
-        function_name="counter",
-        inputs={"count": 1},
-        timeout_s=10,
-        retries=retries,
-        created_ms=now_ms(),
-    )
-    queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
-    queue.enqueue_call("worker.tasks.run_invocation", args=[request.model_dump(mode="json")], job_id=job_id)
-    return job_id
+    """A queued job as the gateway leaves it: record plus RQ job on its prefab's queue."""
+    return enqueue_call(client, settings, "counter", {"count": 1}, retries=retries)
+
+
+def _queue(client: redis.Redis, settings: Settings) -> Queue:
+    name = keys.prefab_queue_name(settings.queue_name, "behaviours")
+    return Queue(name, connection=client, serializer=JSONSerializer)
 
 
 def _append(client: redis.Redis, job_id: str, token: str) -> Outcome:
@@ -79,7 +77,7 @@ def test_settling_a_lost_execution_is_idempotent(client: redis.Redis, settings: 
 
 def test_a_lost_execution_with_attempts_left_is_requeued(client: redis.Redis, settings: Settings) -> None:
     job_id = _new_job(client, settings, retries=1)
-    queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
+    queue = _queue(client, settings)
     assert queue.pop_job_id() == job_id  # a worker took it
     claim = reaper.claim(client, job_id, 2, lost_after_s=30)
     assert claim is not None
@@ -114,20 +112,21 @@ def test_the_reaper_settles_only_lapsed_heartbeats(client: redis.Redis, settings
     assert reaper.reap_once(client, settings, "test") == 0
 
 
-def test_a_job_seen_by_an_idle_worker_stays_queued_until_taken(client: redis.Redis, settings: Settings) -> None:
-    """A worker that dies between seeing a job and taking it leaves the job for another worker."""
+def test_a_worker_woken_for_a_job_leaves_it_queued_until_its_take(client: redis.Redis, settings: Settings) -> None:
+    """A worker that dies between its doorbell ringing and its take leaves the job for another worker."""
     job_id = _new_job(client, settings)
-    queue = Queue(settings.queue_name, connection=client, serializer=JSONSerializer)
+    queue = _queue(client, settings)
     first = RQJobs(settings, client, client, "first")
     second = RQJobs(settings, client, client, "second")
     first.load_scripts()
-    assert first.take(1) == job_id  # ... and the first worker dies here
+    for jobs in (first, second):
+        jobs.queues.refresh()
+    assert first.wait(1)  # the doorbell rang for the first worker... and it dies here
     assert queue.job_ids == [job_id]
-    assert second.take(1) == job_id
     takes = []
     for jobs, token in ((second, "t2"), (first, "t1")):  # both try; one wins
         with client.pipeline(transaction=False) as pipe:
-            jobs.take_on(pipe, job_id, token, lost_after_s=30)
+            jobs.take_on(pipe, token, lost_after_s=30)
             takes.append(jobs.parse_take(pipe.execute()[-1]))
     assert takes[0] is not None and takes[0].attempt == 1 and takes[0].runnable is not None
     assert takes[1] is None

@@ -20,7 +20,7 @@ from tests.stack import Stack, invoke, wait_status
 
 PREFAB_PYTHON = "/usr/bin/python3"  # the runners' user must be able to run it (the factory's may live in /root)
 
-HOSTILE_MAIN = '''
+HOSTILE_MAIN = """
 import os
 import socket
 
@@ -61,7 +61,7 @@ def snoop(redis_port: int, state_dir: str) -> dict:
         "redis_password": _try(lambda: open(os.path.join(state_dir, "redis", "password")).read()),
         "own_workspace": _try(lambda: open("data/outputs/mine.txt", "w").write("mine")),
     }
-'''
+"""
 
 
 @pytest.fixture

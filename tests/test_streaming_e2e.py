@@ -244,7 +244,7 @@ def test_cancel_running_job_stops_it_within_a_second(gateway: Gateway) -> None:
 
 
 def test_cancel_queued_job_never_starts(make_stack: Stack) -> None:
-    gateway = make_stack.start_gateway(FACTORY_QUEUE_WITHOUT_WORKER="true")  # no worker yet: the job waits
+    gateway = make_stack.start_gateway()
     job_id = invoke(gateway.url, "counter", {"count": 3})
     response = httpx.post(f"{gateway.url}/jobs/{job_id}/cancel")
     assert response.json()["status"] == "canceled"

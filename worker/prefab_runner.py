@@ -181,7 +181,15 @@ def _check(module: Any, names: list[str]) -> dict[str, Any]:
     return found
 
 
+def _restore_handlers(handlers: dict[signal.Signals, Any]) -> None:
+    """Put back the signal handlers a job changed (SIGTERM's, say), so the next job starts clean."""
+    for sig, handler in handlers.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
 def _serve(conn: Connection, module: Any) -> None:
+    handlers = {sig: signal.getsignal(sig) for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}}
     while True:
         try:
             order = json.loads(conn.recv_bytes())
@@ -192,6 +200,7 @@ def _serve(conn: Connection, module: Any) -> None:
             continue
         try:
             _Job(conn, module, order).run()
+            _restore_handlers(handlers)
         except MemoryError:
             conn.send_bytes(
                 b"M" + b"the job ran out of memory (its limit is the manifest's execution_environment.memory)"
@@ -200,6 +209,7 @@ def _serve(conn: Connection, module: Any) -> None:
         except BaseException as exc:  # the prefab raised: report it, keep serving
             report = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
             conn.send_bytes(b"X" + _dumps(report))
+            _restore_handlers(handlers)
             if not isinstance(exc, Exception):
                 os._exit(1)  # SystemExit, KeyboardInterrupt: the prefab asked to stop the process
 
@@ -208,6 +218,9 @@ def main() -> None:
     fd, memory_bytes, user, code_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     conn = Connection(fd)
     _confine(memory_bytes, user)
+    # The horse decides when a job stops (it kills this process); a stray signal does not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if os.getppid() == 1:  # the horse died before the death signal was set
         os._exit(1)
     try:
