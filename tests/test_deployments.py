@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.prefab_kit import build, deploy, function, make_prefab, wait_deployed
-from tests.stack import Stack, events_url, invoke, read_events, wait_status
+from tests.stack import ENV_DIR, Stack, events_url, invoke, read_events, wait_status
 
 VERSION_MAIN = '''
 import importlib.metadata
@@ -234,7 +234,7 @@ def test_code_runs_in_the_prefab_environment_and_a_killed_runner_is_replaced(mak
     wheel = build(make_prefab(tmp_path, "isolated", "1.0.0", RUNNER_MAIN, RUNNER_FUNCTIONS), tmp_path / "dist")
     _deployed(gateway.url, wheel, "isolated", "1.0.0")
     where = _result(gateway.url, "where", {}, prefab_id="isolated")
-    assert where["prefix"] != sys.prefix and Path(where["executable"]).resolve() != Path(sys.executable).resolve()
+    assert where["prefix"] != sys.prefix and where["prefix"].startswith(str(ENV_DIR))  # its own environment
     assert where["pid"] not in {p.popen.pid for p in make_stack.procs}
     job_id = invoke(gateway.url, "slow", {"count": 200}, prefab_id="isolated")
     _, head = read_events(events_url(gateway, job_id), limit=2)
@@ -261,6 +261,7 @@ def test_memory_limit_ends_the_job_and_the_runner_is_replaced(make_stack: Stack,
 
 
 def test_a_worker_with_an_empty_cache_builds_on_first_job(make_stack: Stack, tmp_path: Path) -> None:
+    make_stack.env["FACTORY_STORAGE_URL"] = str(tmp_path / "shared-storage")  # S3, or a shared volume
     gateway = make_stack.start_gateway()
     first = make_stack.start_worker()
     wheel = build(make_prefab(tmp_path, "travelling", "1.0.0", RUNNER_MAIN, RUNNER_FUNCTIONS), tmp_path / "dist")
@@ -274,7 +275,7 @@ def test_a_worker_with_an_empty_cache_builds_on_first_job(make_stack: Stack, tmp
 def test_no_worker_for_a_prefab_is_refused_and_dedicated_workers_serve_theirs(
     make_stack: Stack, tmp_path: Path
 ) -> None:
-    gateway = make_stack.start_gateway()
+    gateway = make_stack.start_gateway(FACTORY_QUEUE_WITHOUT_WORKER="false")
     refused = httpx.post(f"{gateway.url}/invoke", json={"function_name": "counter", "inputs": {"count": 1}})
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "NO_WORKER"
     assert refused.headers["Retry-After"]
