@@ -58,7 +58,7 @@ def snoop(redis_port: int, state_dir: str) -> dict:
         "redis": _try(lambda: _redis_ping(redis_port)),
         "list_state": _try(lambda: os.listdir(state_dir)),
         "list_work": _try(lambda: os.listdir(os.path.join(state_dir, "work"))),
-        "redis_password": _try(lambda: open(os.path.join(state_dir, "redis", "password")).read()),
+        "list_files": _try(lambda: os.listdir(os.path.join(state_dir, "files"))),
         "own_workspace": _try(lambda: open("data/outputs/mine.txt", "w").write("mine")),
     }
 """
@@ -117,6 +117,6 @@ def test_hostile_prefab_sees_only_its_job_and_declared_secrets(locked_redis: Emb
     assert seen["parent_environ"] == {"ok": False, "error": "PermissionError"}
     assert seen["readable_environs"] == []
     assert seen["redis"]["ok"] and seen["redis"]["value"].startswith("-NOAUTH")
-    for probe in ("list_state", "list_work", "redis_password"):
+    for probe in ("list_state", "list_work", "list_files"):
         assert seen[probe] == {"ok": False, "error": "PermissionError"}, (probe, seen[probe])
     assert seen["own_workspace"] == {"ok": True, "value": 4}

@@ -148,6 +148,7 @@ def _close_state_dir(state_dir: Path) -> None:
     """
     work = state_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
+    (state_dir / "files").mkdir(mode=0o700, exist_ok=True)  # the local storage's default place
     state_dir.chmod(0o711)
     work.chmod(0o711)
     for entry in state_dir.iterdir():
