@@ -5,6 +5,7 @@ Every test runs real gateways and workers over a real Redis; wheels are built fr
 out as the ecosystem's template lays them out, and installed by uv into environments of their own.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -16,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from factory.webhooks import SIGNATURE_HEADER, webhook_signature
 from tests.prefab_kit import build, deploy, function, make_prefab, wait_deployed
 from tests.stack import ENV_DIR, Stack, events_url, invoke, read_events, wait_status
+from tests.webhook_receiver import webhook_receiver
 
 VERSION_MAIN = '''
 import importlib.metadata
@@ -324,3 +327,30 @@ def test_factory_deploy_builds_a_folder_and_follows_it(
         timeout=60,
     )
     assert missing.returncode == 3
+
+
+def test_deployment_webhooks_are_signed_and_carry_the_manifest(make_stack: Stack, tmp_path: Path) -> None:
+    with webhook_receiver() as receiver:
+        receiver.statuses = [503]  # the first delivery fails: it is retried with the same event_id
+        make_stack.env.update(
+            {"FACTORY_DEPLOY_WEBHOOK_URL": receiver.url, "FACTORY_DEPLOY_WEBHOOK_SECRET": "hook-secret"}
+        )
+        gateway = make_stack.start_gateway()
+        make_stack.start_worker()
+        wheel = build(make_prefab(tmp_path, "hooked", "1.0.0", RUNNER_MAIN, RUNNER_FUNCTIONS), tmp_path / "dist")
+        deployment = _deployed(gateway.url, wheel, "hooked", "1.0.0")
+        deadline = time.monotonic() + 60
+        while True:
+            events = [json.loads(body) for _, body in receiver.received]
+            hooked = [e for e in events if e.get("prefab_id") == "hooked"]
+            if any(e["event"] == "deployment.success" for e in hooked) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    for headers, body in receiver.received:
+        assert headers[SIGNATURE_HEADER] == webhook_signature("hook-secret", body)
+    kinds = [e["event"] for e in hooked]
+    assert kinds[-1] == "deployment.success" and "deployment.started" in kinds
+    started = [e for e in hooked if e["event"] == "deployment.started"]
+    assert len({e["event_id"] for e in started}) == 1  # a retried delivery keeps its event_id
+    success = hooked[-1]
+    assert success["deployment_id"] == deployment["deployment_id"] and success["manifest"]["id"] == "hooked"

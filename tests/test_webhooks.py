@@ -2,50 +2,19 @@
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from factory.embedded_redis import free_port
 from factory.webhooks import SIGNATURE_HEADER, WebhookSender, webhook_signature
-
-
-@dataclass
-class Receiver:
-    """Answers each POST with the next status of ``statuses`` (then 200) and keeps what it got."""
-
-    statuses: list[int]
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    url: str = ""
+from tests.webhook_receiver import Receiver, webhook_receiver
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver(statuses=[])
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            state.received.append((dict(self.headers.items()), body))
-            status = state.statuses.pop(0) if state.statuses else 200
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/deploy"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with webhook_receiver() as state:
+        yield state
 
 
 def test_retries_503_then_delivers_one_signed_event(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
