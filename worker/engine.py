@@ -4,10 +4,12 @@ Celery's prefork pool with one child: the worker process imports the prefabs, fo
 horse (``worker.horse``, ``worker.stable``) and hands it jobs over a pipe, one at a time, so the
 fork RQ paid for every job (~7 ms) is paid once per horse. For each job the worker
 
-- takes it in one round trip (``worker.rqjobs``): off RQ's queue, its request read, its start
-  recorded and the job claimed (an execution token, the attempt number, a heartbeat). A busy
-  worker does that in the same round trip that releases the job before; an idle one blocks on
-  the queue for at most a second, to run the lost-job reaper every heartbeat and see a stop;
+- takes it in one round trip (``worker.rqjobs``): off the first of its queues that has one (the
+  deployments' builds, then one queue per prefab it serves, in turn; ``worker.queues``), its
+  request read, its start recorded and the job claimed (an execution token, the attempt number, a
+  heartbeat). A busy worker does that in the same round trip that releases the job before; an idle
+  one blocks on its queues' doorbells for at most a second, to follow the catalog of deployments,
+  announce itself (``factory.presence``), run the lost-job reaper every heartbeat and see a stop;
 - while the horse runs it, refreshes the heartbeat every ``worker_heartbeat_s``, runs the reaper
   when due, and reads the job's record every :data:`POLL_S`: once its stream was ended from
   outside (a cancel, a reaper) or the job passed to another execution, the horse has
