@@ -6,12 +6,13 @@ status. Child side, :func:`_serve`: read an order, run it with :class:`Invocatio
 until the pipe closes. Messages are pydantic models as JSON, framed by
 ``multiprocessing.connection`` (a length prefix per message).
 
-The child leads a process group of its own, so killing the group also kills whatever its prefab
-spawned, and it ignores SIGINT and SIGTERM: the worker decides when a job stops. After each job
-the environment, the working directory and every signal handler are as before it; module state
-of the prefabs lives on from one job to the next of the same horse, as in Celery's prefork pool.
-That is the deliberate difference from RQ's fork per job, which cost ~7 ms a job; the worker
-retires a horse after ``max_jobs_per_horse`` jobs and after any job it had to stop by force.
+The child leads a process group of its own and ignores SIGINT and SIGTERM: the worker decides
+when a job stops. It never imports prefab code: it runs each job through the prefab version's
+runner (``worker.runners``), a process of its own in the version's environment that dies with its
+horse; module state of a prefab lives on from one job to the next of the same runner, as in
+Celery's prefork pool. That is the deliberate difference from RQ's fork per job, which cost ~7 ms
+a job; the worker retires a horse after ``max_jobs_per_horse`` jobs and after any job it had to
+stop by force.
 """
 
 import logging
