@@ -145,7 +145,12 @@ async def get_deployment(deployment_id: str, http: Request, state: StateDep) -> 
 @router.get(
     "/v1/deployments/{deployment_id}/events",
     response_class=Response,
-    responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "the build ended"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        204: {"description": "the build ended"},
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+    },
 )
 async def deployment_events(
     deployment_id: str,
@@ -160,7 +165,9 @@ async def deployment_events(
     return await job_events(deployment.job_id, state, last_event_id, last_event_id_query)
 
 
-@router.delete("/v1/deployments/{deployment_id}", response_model=DeploymentView)
+@router.delete(
+    "/v1/deployments/{deployment_id}", response_model=DeploymentView, responses={404: {"model": ErrorResponse}}
+)
 async def delete_deployment(deployment_id: str, http: Request, state: StateDep) -> DeploymentView:
     """Retire the deployment: new calls no longer run on it; jobs already given it run to their end."""
     retired = await asyncio.to_thread(undeploy, state.jobs.sync_client, deployment_id)

@@ -456,7 +456,7 @@ def test_supervisor_restarts_a_dead_worker_and_stops_everything(tmp_path: Path) 
         redis_pid = int((tmp_path / "state" / "redis" / "redis.pid").read_text())
         first = {mark.name: mark.read_text().split("\n") for mark in marks.iterdir()}
         redis_url = next(iter(first.values()))[0]
-        assert redis_url.startswith("redis://127.0.0.1:")
+        assert redis_url.startswith("redis://:") and "@127.0.0.1:" in redis_url  # the embedded Redis has a password
         assert redis.Redis.from_url(redis_url).ping()
         horse_pid = int(next(lines[1] for name, lines in first.items() if name.startswith("gateway")))
 

@@ -67,8 +67,17 @@ def assert_contiguous(events: list[Received]) -> None:
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])
+
+
 def horse_pids(worker: Proc) -> list[int]:
-    return sorted(descendants(worker.popen.pid))
+    """The worker's work horses (its children; their prefab runners are theirs)."""
+    return sorted(pid for pid in descendants(worker.popen.pid) if _parent(pid) == worker.popen.pid)
 
 
 def kill_machine(worker: Proc) -> None:

@@ -142,7 +142,7 @@ def test_inputs_fuzzed_against_each_manifest(fuzzed_gateway: Gateway) -> None:
     functions: list[tuple[str, dict[str, Any]]] = []
     with httpx.Client(base_url=fuzzed_gateway.url, timeout=REQUEST_TIMEOUT_S) as client:
         for summary in client.get("/prefabs").json()["prefabs"]:
-            if summary["status"] == "loaded":
+            if summary["status"] in ("ready", "building"):
                 manifest = client.get(f"/prefabs/{summary['id']}").json()
                 functions.extend((manifest["id"], function) for function in manifest["functions"])
 
