@@ -4,6 +4,7 @@
 
     FactoryError                 (code, message, details; HTTP status via the gateway)
      ├── BadRequest              400 BAD_REQUEST
+     │    └── MissingSecret      400 MISSING_SECRET
      ├── Unauthenticated         401 UNAUTHENTICATED
      ├── PermissionDenied        403 PERMISSION_DENIED
      ├── NotFound                404 NOT_FOUND
@@ -11,6 +12,7 @@
      │    └── JobNotFound
      ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
      ├── ValidationFailed        422 VALIDATION_ERROR
+     ├── QuotaExceeded           429 QUOTA_EXCEEDED
      ├── ServiceUnavailable      503 SERVICE_UNAVAILABLE
      └── ManifestError           a prefab folder that cannot be served (never sent to callers)
 
@@ -81,3 +83,16 @@ class ServiceUnavailable(FactoryError):
 
 class ManifestError(FactoryError):
     """A prefab folder that cannot be served: its path and the reason."""
+
+
+class MissingSecret(BadRequest):
+    """A required secret the caller has not configured; ``details`` names it and how to get it."""
+
+    code = "MISSING_SECRET"
+
+
+class QuotaExceeded(FactoryError):
+    """A caller's quota is used up; ``details`` holds ``limit``, ``used`` and ``quota_type``."""
+
+    code = "QUOTA_EXCEEDED"
+    status_code = 429

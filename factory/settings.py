@@ -78,6 +78,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # The ecosystem's API (/v1, /internal; see README "For ecosystem callers").
+    # Key of the callers' secrets at rest and in flight (Fernet); unset: a key file under state_dir.
+    secrets_key: str | None = Field(default=None, repr=False)
+    # Quotas per API key (per caller when auth is off); 0 means no limit. ``quotas`` overrides them
+    # per key: {"<API key>": {"max_running": 2, "calls_per_minute": 60}}.
+    quota_max_running: int = Field(default=0, ge=0)
+    quota_calls_per_minute: int = Field(default=0, ge=0)
+    quotas: dict[str, dict[str, int]] = Field(default_factory=dict, repr=False)
+    # How long an upload URL from /internal/files/generate_upload_url (and a download URL) stays valid.
+    signed_url_ttl_s: int = Field(default=3600, ge=1)
+
     @field_validator("prefabs", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:
@@ -116,7 +127,16 @@ STORAGE_CREDENTIAL_VARS = frozenset(
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 )
 # The factory's own credentials: parsed into Settings at start, then kept from prefab code.
-FACTORY_CREDENTIAL_VARS = frozenset({"REDIS_URL", "FACTORY_REDIS_URL", "FACTORY_API_KEYS", "FACTORY_TOKEN_SECRET"})
+FACTORY_CREDENTIAL_VARS = frozenset(
+    {
+        "REDIS_URL",
+        "FACTORY_REDIS_URL",
+        "FACTORY_API_KEYS",
+        "FACTORY_TOKEN_SECRET",
+        "FACTORY_SECRETS_KEY",
+        "FACTORY_QUOTAS",
+    }
+)
 
 
 def read_secret_values(names: set[str]) -> dict[str, str]:

@@ -34,3 +34,14 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     error: dict[str, Any] = response.json()["error"]
     assert error["code"] == code, error
     return error
+
+
+def assert_ecosystem_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The ecosystem's error shape on /v1 and /internal: ``{"detail": {"error_code", "message", ...}}``."""
+    assert response.status_code == status, response.text
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+    document = response.json()
+    assert set(document) == {"detail"} and isinstance(document["detail"], dict), document
+    detail: dict[str, Any] = document["detail"]
+    assert detail["error_code"] == code and isinstance(detail["message"], str) and detail["message"], detail
+    return detail

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import redis
 
-from factory import reaper
+from factory import reaper, sealing
 from factory.catalog import Catalog
 from factory.connections import RETRYABLE
 from factory.eventlog import (
@@ -274,10 +274,12 @@ class InvocationRunner:
         return terminal
 
     def _secrets(self, spec: FunctionSpec) -> tuple[dict[str, str], list[str]]:
+        """The declared secrets' values: the caller's own (sealed into the request) ahead of the worker's."""
+        callers = sealing.unseal(self.runtime.settings, self.request.sealed_secrets)
         values: dict[str, str] = {}
         missing: list[str] = []
         for secret in spec.secrets:
-            value = self.runtime.secrets.get(secret.name)
+            value = callers.get(secret.name, self.runtime.secrets.get(secret.name))
             if value is not None:
                 values[secret.name] = value
             elif secret.required:

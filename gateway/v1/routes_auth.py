@@ -1,0 +1,30 @@
+"""``POST /v1/auth/convert_to_internal_token``: an API key (``Authorization: Bearer``) for an internal token."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from factory.errors import Unauthenticated
+from gateway.deps import StateDep
+from gateway.v1.caller import ANONYMOUS
+from gateway.v1.schemas import InternalToken
+
+router = APIRouter(tags=["ecosystem"])
+
+_bearer = HTTPBearer(auto_error=False, description="an API key")
+
+
+@router.post("/v1/auth/convert_to_internal_token", response_model=InternalToken)
+async def convert_to_internal_token(
+    state: StateDep, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> InternalToken:
+    """A signed, expiring token for ``X-Internal-Token``, accepted by every gateway; 401 for a wrong key.
+
+    With auth off any key is accepted and the token stands for the one anonymous caller.
+    """
+    if state.auth is None:
+        return InternalToken(internal_token=ANONYMOUS)
+    if bearer is None:
+        raise Unauthenticated("send the API key as Authorization: Bearer <key>")
+    return InternalToken(internal_token=state.auth.issue_internal(bearer.credentials))
