@@ -349,3 +349,16 @@ def test_callers_secrets_go_ahead_of_the_workers_own(make_stack: Stack) -> None:
     assert body["status"] == "SUCCESS" and body["output"] == {"sha256": digest("a-per-call-key")}
     assert body["files"] == {} and body["job_id"] == per_call.headers["X-Job-Id"]
     assert_nowhere_in_clear(make_stack, [b"alices-key", b"a-per-call-key"])
+
+
+def test_a_streaming_functions_output_file_as_the_readme_shows(url: str, tmp_path: Path) -> None:
+    alice = client_for(url, ALICE)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("one two\nthree\n", encoding="utf-8")
+    ref = alice.upload_input_file(str(notes), content_type="text/plain")
+    events = list(alice.run(*EXAMPLES, "process_large_file", {}, files={"input": [ref]}, stream=True))
+    assert events[-1].type.value == "done"
+    output_url = next(e.data["output"][0] for e in events if isinstance(e.data, dict) and "output" in e.data)
+    alice.download_file(output_url, str(tmp_path / "out" / "notes.summary.json"))
+    summary = orjson.loads((tmp_path / "out" / "notes.summary.json").read_bytes())
+    assert summary == {"file": "notes.txt", "lines": 2, "words": 3, "chars": len("one two") + len("three")}

@@ -52,7 +52,8 @@ logger = logging.getLogger(__name__)
 
 PUT_PREFIX = "/internal/files/put"
 BLOB_PREFIX = "/internal/files/blob"
-_SESSION = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SESSION_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_SESSION = re.compile(SESSION_PATTERN)
 _JOB_FILE = re.compile(r"^/jobs/([0-9a-f]{32})/files/.+")
 
 

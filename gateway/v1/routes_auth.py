@@ -2,22 +2,19 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Header
 
 from factory.errors import Unauthenticated
 from gateway.deps import StateDep
-from gateway.v1.caller import ANONYMOUS
-from gateway.v1.schemas import InternalToken
+from gateway.v1.caller import ANONYMOUS, bearer_value
+from gateway.v1.schemas import ECOSYSTEM_ERRORS, InternalToken
 
-router = APIRouter(tags=["ecosystem"])
-
-_bearer = HTTPBearer(auto_error=False, description="an API key")
+router = APIRouter(tags=["ecosystem"], responses=ECOSYSTEM_ERRORS)
 
 
 @router.post("/v1/auth/convert_to_internal_token", response_model=InternalToken)
 async def convert_to_internal_token(
-    state: StateDep, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    state: StateDep, authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None
 ) -> InternalToken:
     """A signed, expiring token for ``X-Internal-Token``, accepted by every gateway; 401 for a wrong key.
 
@@ -25,6 +22,7 @@ async def convert_to_internal_token(
     """
     if state.auth is None:
         return InternalToken(internal_token=ANONYMOUS)
-    if bearer is None:
+    api_key = bearer_value(authorization)
+    if api_key is None:
         raise Unauthenticated("send the API key as Authorization: Bearer <key>")
-    return InternalToken(internal_token=state.auth.issue_internal(bearer.credentials))
+    return InternalToken(internal_token=state.auth.issue_internal(api_key))

@@ -4,7 +4,7 @@ The signed ``PUT`` and ``GET`` URLs (``/internal/files/put/...``, ``/internal/fi
 need no credentials: their signature is the credential. Every other route names its caller.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -14,29 +14,32 @@ from gateway.deps import StateDep
 from gateway.routes_files import content_disposition
 from gateway.v1.caller import CallerDep
 from gateway.v1.deps import EcosystemDep
-from gateway.v1.files import BLOB_PREFIX, PUT_PREFIX, check_session, expires_from, upload_ref
-from gateway.v1.schemas import CleanupResult, FileListing, PresignedUrl, StoredUpload, UploadUrl, UploadUrlBody
+from gateway.v1.files import BLOB_PREFIX, PUT_PREFIX, SESSION_PATTERN, check_session, expires_from, upload_ref
+from gateway.v1.schemas import (
+    ECOSYSTEM_ERRORS,
+    CleanupResult,
+    FileListing,
+    PresignedUrl,
+    StoredUpload,
+    UploadUrl,
+    UploadUrlBody,
+)
 
-router = APIRouter(tags=["ecosystem files"])
+router = APIRouter(tags=["ecosystem files"], responses=ECOSYSTEM_ERRORS)
 
-_MULTIPART = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "ttl": {"type": "integer"},
-                        "session_id": {"type": "string"},
-                    },
-                    "required": ["file"],
-                }
-            }
-        },
-    }
-}
+
+def _multipart(**fields: dict[str, str]) -> dict[str, Any]:
+    properties = {"file": {"type": "string", "format": "binary"}, **fields}
+    schema = {"type": "object", "properties": properties, "required": ["file"]}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+_UPLOAD = _multipart()
+_UPLOAD_TEMP = _multipart(
+    ttl={"type": "integer", "description": "seconds to keep the file (at most the retention)"},
+    # No "type": a multipart field is text, so digits are as good a session id as letters.
+    session_id={"pattern": SESSION_PATTERN, "description": "groups temporary files for cleanup_temp"},
+)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
@@ -82,7 +85,7 @@ async def get_blob(
     return StreamingResponse(chunks, media_type=record.content_type, headers=headers)
 
 
-@router.post("/internal/files/upload", response_model=StoredUpload, openapi_extra=_MULTIPART)
+@router.post("/internal/files/upload", response_model=StoredUpload, openapi_extra=_UPLOAD)
 async def upload(http: Request, state: StateDep, ecosystem: EcosystemDep, caller: CallerDep) -> StoredUpload:
     """Upload a file (multipart ``file``), kept for the retention."""
     record = await state.files.accept_upload(http)
@@ -90,7 +93,7 @@ async def upload(http: Request, state: StateDep, ecosystem: EcosystemDep, caller
     return StoredUpload(s3_url=upload_ref(record.file_id), filename=record.name, size=record.size)
 
 
-@router.post("/internal/files/upload_temp", response_model=StoredUpload, openapi_extra=_MULTIPART)
+@router.post("/internal/files/upload_temp", response_model=StoredUpload, openapi_extra=_UPLOAD_TEMP)
 async def upload_temp(http: Request, state: StateDep, ecosystem: EcosystemDep, caller: CallerDep) -> StoredUpload:
     """Upload a temporary file (multipart ``file``, form ``ttl`` in seconds and ``session_id``)."""
     spooled = await ecosystem.files.receive_multipart(http)

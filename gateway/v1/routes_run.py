@@ -9,9 +9,9 @@ from gateway.deps import StateDep
 from gateway.v1.caller import CallerDep
 from gateway.v1.deps import EcosystemDep
 from gateway.v1.runs import run_calls
-from gateway.v1.schemas import RunBody, RunResult
+from gateway.v1.schemas import ECOSYSTEM_ERRORS, RunBody, RunResult
 
-router = APIRouter(tags=["ecosystem"])
+router = APIRouter(tags=["ecosystem"], responses=ECOSYSTEM_ERRORS)
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": RunResult, "content": {"text/event-stream": {}}},

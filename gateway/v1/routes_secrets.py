@@ -5,9 +5,9 @@ from fastapi import APIRouter, Response
 from factory.errors import NotFound
 from gateway.v1.caller import CallerDep
 from gateway.v1.deps import EcosystemDep
-from gateway.v1.schemas import SecretBody, SecretNames
+from gateway.v1.schemas import ECOSYSTEM_ERRORS, SecretBody, SecretNames
 
-router = APIRouter(tags=["ecosystem"])
+router = APIRouter(tags=["ecosystem"], responses=ECOSYSTEM_ERRORS)
 
 
 @router.post("/v1/secrets", status_code=204, response_class=Response)

@@ -105,3 +105,21 @@ class FileListing(BaseModel):
 
 class CleanupResult(BaseModel):
     deleted_count: int
+
+
+class ErrorDetail(BaseModel):
+    """The ecosystem's error: a code, a message and whatever the code adds (``limit``, ``secret_name``...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error_code: str
+    message: str
+
+
+class EcosystemError(BaseModel):
+    detail: ErrorDetail
+
+
+ECOSYSTEM_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": EcosystemError} for status in (400, 401, 403, 404, 413, 415, 422, 429, 500, 503)
+}
