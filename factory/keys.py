@@ -71,7 +71,7 @@ def quota_rate_key(caller_id: str, minute: int) -> str:
 
 
 def caller_files_key(caller_id: str, kind: str) -> str:
-    """Sorted set of a caller's file ids of one kind (``input``, ``permanent``, ``temp``), scored by expiry (ms)."""
+    """Sorted set of a caller's file ids of one kind (``permanent`` or ``temp``), scored by expiry (ms)."""
     return f"{NAMESPACE}:caller-files:{caller_id}:{kind}"
 
 

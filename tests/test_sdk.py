@@ -29,6 +29,7 @@ from gateway_sdk.exceptions import MissingSecretError
 from factory.embedded_redis import EmbeddedRedis
 from tests.conftest import _db_url
 from tests.stack import Gateway, Stack
+from tests.test_files import BUCKET, S3_CREDENTIALS, s3, s3_server  # noqa: F401  (a fixture, used by name)
 
 pytestmark = pytest.mark.e2e
 
@@ -362,3 +363,30 @@ def test_a_streaming_functions_output_file_as_the_readme_shows(url: str, tmp_pat
     alice.download_file(output_url, str(tmp_path / "out" / "notes.summary.json"))
     summary = orjson.loads((tmp_path / "out" / "notes.summary.json").read_bytes())
     assert summary == {"file": "notes.txt", "lines": 2, "words": 3, "chars": len("one two") + len("three")}
+
+
+def test_files_through_s3_storage_use_presigned_urls(
+    make_stack: Stack,
+    s3_server: str,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    s3(s3_server).create_bucket(Bucket=BUCKET)
+    make_stack.env.update(
+        {"FACTORY_STORAGE_URL": f"s3://{BUCKET}/factory", "FACTORY_S3_ENDPOINT_URL": s3_server, **S3_CREDENTIALS}
+    )
+    gateway = make_stack.start_gateway()
+    make_stack.env["FACTORY_PUBLIC_URL"] = gateway.url
+    make_stack.start_worker()
+    client = GatewayClient(base_url=gateway.url, timeout=60)
+    source = tmp_path / "in.txt"
+    source.write_text("to the bucket", encoding="utf-8")
+    ref = client.upload_input_file(str(source), content_type="text/plain")
+    presigned = httpx.post(f"{gateway.url}/internal/files/generate_upload_url", json={"filename": "x.txt"}).json()
+    assert presigned["upload_url"].startswith(f"{s3_server}/{BUCKET}/factory/uploads/")
+    result = client.run(*BEHAVIOURS, "shout_file", {}, files={"input": [ref]})
+    assert result.is_success(), result
+    client.download_file(result.get_files()["output"][0], str(tmp_path / "out" / "shouted.txt"))
+    assert (tmp_path / "out" / "shouted.txt").read_text(encoding="utf-8") == "TO THE BUCKET"
+    assert client.get_presigned_url(ref).startswith(f"{s3_server}/{BUCKET}/factory/uploads/")
+    client.download_file(ref, str(tmp_path / "out" / "in.txt"))
+    assert (tmp_path / "out" / "in.txt").read_bytes() == source.read_bytes()

@@ -77,7 +77,7 @@ class EcosystemFiles:
 
     # --- uploads -------------------------------------------------------------------------------
 
-    async def upload_url(self, caller: str, base_url: str, filename: str, content_type: str | None) -> tuple[str, str]:
+    async def upload_url(self, base_url: str, filename: str, content_type: str | None) -> tuple[str, str]:
         """Where to PUT the file's bytes, and the reference the file will have."""
         file_id = new_file_id()
         name = sanitize_name(filename)
@@ -95,7 +95,6 @@ class EcosystemFiles:
             url = await asyncio.to_thread(self.storage.presigned_url, "PUT", record.location, ttl_s, content_type)
         else:
             url = self.signer.sign(base_url, "PUT", f"{PUT_PREFIX}/{file_id}/{name}", ttl_s)
-        await self.track(caller, "input", file_id, self.settings.retention_s)
         return url, upload_ref(file_id)
 
     async def receive_put(self, request: Request, file_id: str, name: str) -> UploadRecord:

@@ -52,7 +52,7 @@ async def generate_upload_url(
     body: UploadUrlBody, http: Request, state: StateDep, ecosystem: EcosystemDep, caller: CallerDep
 ) -> UploadUrl:
     """A URL to ``PUT`` an input file's bytes to, and the reference to give in a call's ``files``."""
-    url, ref = await ecosystem.files.upload_url(caller.id, _base_url(state, http), body.filename, body.content_type)
+    url, ref = await ecosystem.files.upload_url(_base_url(state, http), body.filename, body.content_type)
     return UploadUrl(upload_url=url, s3_url=ref)
 
 
