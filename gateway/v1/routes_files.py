@@ -98,7 +98,7 @@ async def upload_temp(http: Request, state: StateDep, ecosystem: EcosystemDep, c
     """Upload a temporary file (multipart ``file``, form ``ttl`` in seconds and ``session_id``)."""
     spooled = await ecosystem.files.receive_multipart(http)
     try:
-        session_id = spooled.fields.get("session_id") or None
+        session_id = spooled.fields.get("session_id")
         if session_id is not None:
             check_session(session_id)
         ttl_s = ecosystem.files.temp_ttl(spooled.fields.get("ttl"))
