@@ -4,6 +4,7 @@
 
     FactoryError                 (code, message, details; HTTP status via the gateway)
      ├── BadRequest              400 BAD_REQUEST
+     │    └── MissingSecret      400 MISSING_SECRET
      ├── Unauthenticated         401 UNAUTHENTICATED
      ├── PermissionDenied        403 PERMISSION_DENIED
      ├── NotFound                404 NOT_FOUND
@@ -11,6 +12,7 @@
      │    └── JobNotFound
      ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
      ├── ValidationFailed        422 VALIDATION_ERROR
+     ├── QuotaExceeded           429 QUOTA_EXCEEDED
      ├── ServiceUnavailable      503 SERVICE_UNAVAILABLE
      │    ├── PrefabUnavailable  503 PREFAB_UNAVAILABLE (the version failed to deploy, or is building)
      │    └── NoWorker           503 NO_WORKER (no live worker serves the prefab)
@@ -95,3 +97,16 @@ class NoWorker(ServiceUnavailable):
     """No live worker serves the prefab, so a job would wait with nobody to run it."""
 
     code = "NO_WORKER"
+
+
+class MissingSecret(BadRequest):
+    """A required secret the caller has not configured; ``details`` names it and how to get it."""
+
+    code = "MISSING_SECRET"
+
+
+class QuotaExceeded(FactoryError):
+    """A caller's quota is used up; ``details`` holds ``limit``, ``used`` and ``quota_type``."""
+
+    code = "QUOTA_EXCEEDED"
+    status_code = 429

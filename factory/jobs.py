@@ -58,6 +58,8 @@ class InvocationRequest(BaseModel):
     timeout_s: float
     retries: int = 0
     created_ms: int
+    # The caller's secrets for this call, as one Fernet token (factory.sealing); never in clear.
+    sealed_secrets: str | None = Field(default=None, repr=False)
 
 
 class StoredFile(BaseModel):

@@ -85,3 +85,31 @@ def workers_key() -> str:
 def worker_key(worker_name: str) -> str:
     """A worker's announcement (JSON): what it serves, which environments it holds; expires with it."""
     return f"{NAMESPACE}:worker:{worker_name}"
+
+
+def caller_secrets_key(caller_id: str, prefab_id: str) -> str:
+    """Hash of one caller's secrets for one prefab: secret name → Fernet token (never a value in clear).
+
+    Kept until the caller deletes them (user configuration, like an API key's own record).
+    """
+    return f"{NAMESPACE}:secrets:{caller_id}:{prefab_id}"
+
+
+def quota_running_key(caller_id: str) -> str:
+    """Sorted set of a caller's jobs that may still run, scored by when they must have ended (ms)."""
+    return f"{NAMESPACE}:quota:running:{caller_id}"
+
+
+def quota_rate_key(caller_id: str, minute: int) -> str:
+    """Counter of a caller's calls in one minute (unix time // 60)."""
+    return f"{NAMESPACE}:quota:rate:{caller_id}:{minute}"
+
+
+def caller_files_key(caller_id: str, kind: str) -> str:
+    """Sorted set of a caller's file ids of one kind (``permanent`` or ``temp``), scored by expiry (ms)."""
+    return f"{NAMESPACE}:caller-files:{caller_id}:{kind}"
+
+
+def session_files_key(caller_id: str, session_id: str) -> str:
+    """Sorted set of the temporary file ids a caller uploaded for one session, scored by expiry (ms)."""
+    return f"{NAMESPACE}:session-files:{caller_id}:{session_id}"

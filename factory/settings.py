@@ -90,6 +90,16 @@ class Settings(BaseSettings):
     deploy_timeout_s: float = 900.0
     max_wheel_bytes: int = 200 * 1024 * 1024
     queue_without_worker: bool = False  # queue a call no live worker serves, instead of 503 NO_WORKER
+    # The ecosystem's API (/v1, /internal; see README "For ecosystem callers").
+    # Key of the callers' secrets at rest and in flight (Fernet); unset: a key file under state_dir.
+    secrets_key: str | None = Field(default=None, repr=False)
+    # Quotas per API key (per caller when auth is off); 0 means no limit. ``quotas`` overrides them
+    # per key: {"<API key>": {"max_running": 2, "calls_per_minute": 60}}.
+    quota_max_running: int = Field(default=0, ge=0)
+    quota_calls_per_minute: int = Field(default=0, ge=0)
+    quotas: dict[str, dict[str, int]] = Field(default_factory=dict, repr=False)
+    # How long an upload URL from /internal/files/generate_upload_url (and a download URL) stays valid.
+    signed_url_ttl_s: int = Field(default=3600, ge=1)
 
     @field_validator("prefabs", mode="before")
     @classmethod
@@ -140,6 +150,8 @@ FACTORY_CREDENTIAL_VARS = frozenset(
         "FACTORY_TOKEN_SECRET",
         "FACTORY_DEPLOY_SECRET",
         "FACTORY_DEPLOY_WEBHOOK_SECRET",
+        "FACTORY_SECRETS_KEY",
+        "FACTORY_QUOTAS",
     }
 )
 

@@ -178,6 +178,17 @@ class S3Storage:
         finally:
             body.close()
 
+    def presigned_url(self, method: str, key: str, expires_s: int, content_type: str | None = None) -> str:
+        """A URL that ``method`` (``GET`` or ``PUT``) works on for ``expires_s``, with no credentials."""
+        operation = "put_object" if method == "PUT" else "get_object"
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        if content_type and method == "PUT":
+            params["ContentType"] = content_type
+        try:
+            return self.client.generate_presigned_url(operation, Params=params, ExpiresIn=expires_s)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"cannot presign {key} in bucket {self.bucket}: {exc}") from exc
+
     def delete_prefix(self, prefix: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")
         try:

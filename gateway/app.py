@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Any
 
 import redis
 from fastapi import Depends, FastAPI
@@ -33,10 +34,12 @@ from gateway.housekeeping import reap_forever, sweep_forever
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
 from gateway.relay import RelayHub
+from gateway.v1.deps import open_ecosystem
+from gateway.v1.router import ecosystem_router
 
 logger = logging.getLogger(__name__)
 
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, GatewayState]]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]
 
 
 async def _register_folders(client: redis.Redis, settings: Settings) -> list[PrefabEntry]:
@@ -53,7 +56,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
     """Open Redis, the catalog, the relay hub, storage and the periodic chores; close them after."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, GatewayState]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         url = settings.require_redis_url()
         client = redis_async(url)
         sync_client = redis_sync(url)
@@ -64,6 +67,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         hub = RelayHub(client)
         await hub.start()
         storage = storage_from_settings(settings)
+        files = FileService(settings, client, storage)
         state = GatewayState(
             settings=settings,
             redis=client,
@@ -71,7 +75,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             jobs=JobService(settings, client, sync_client, catalog),
             hub=hub,
             metrics=GatewayMetrics(),
-            files=FileService(settings, client, storage),
+            files=files,
             auth=authenticator,
             broken_folders=[entry for entry in folders if not entry.ok],
         )
@@ -81,7 +85,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             asyncio.create_task(catalog.follow(), name="catalog"),
         ]
         try:
-            yield {"gateway": state}
+            yield {"gateway": state, "ecosystem": open_ecosystem(settings, client, files)}
         finally:
             for chore in chores:
                 chore.cancel()
@@ -115,13 +119,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_files.router)
     app.include_router(routes_deploy.router)
     app.include_router(routes_ui.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/files", "/v1/deploy"))
+    app.include_router(ecosystem_router())
+    # Uploads check their own limit (max_file_bytes, max_wheel_bytes) as they stream in.
+    uploads = ("/files", "/internal/files/upload", "/internal/files/put/", "/v1/deploy")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=uploads)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Internal-Token"],
             expose_headers=["X-Job-Id", "X-Job-Token", "Location", "Retry-After"],
             max_age=600,
         )

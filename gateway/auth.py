@@ -13,6 +13,12 @@ by ``token_secret`` or else by a secret derived from the API keys: stateless, so
 the same configuration verifies any other's tokens, and rotating the keys (or the secret) revokes
 every token.
 
+The ecosystem's routes (``/v1/...``, ``/internal/...``) are left to their own routers' dependency
+(``gateway.v1.caller``): they take ``X-Internal-Token``, an internal token that
+``POST /v1/auth/convert_to_internal_token`` issues for an API key. It is signed like a job token
+(``<caller id>.<expiry>.<HMAC>``, under a key of its own derived from the same secret), names the
+caller by an id derived from its API key (never the key), and stops working when that key is removed.
+
 Deliberate oddity: this is an app-wide FastAPI dependency, not middleware, so it sees the matched
 route's ``job_id``; a router added later is covered without opting in. The body's JSON
 syntax (400) and size (413) are therefore checked before the credentials.
@@ -36,6 +42,15 @@ METRICS_PATH = "/metrics"
 # GET routes under /jobs/ with a ``job_id`` path parameter accept that job's token: status, events, files.
 JOB_SCOPED_PREFIX = "/jobs/"
 _DERIVATION_LABEL = b"prefab-factory job tokens v1"
+# Routes whose routers check credentials themselves (X-Internal-Token, signed URLs): see gateway/v1/caller.py.
+ECOSYSTEM_PREFIXES = ("/v1/", "/internal/")
+_INTERNAL_LABEL = b"prefab-factory internal tokens v1"
+_CALLER_LABEL = b"prefab-factory caller v1\n"
+
+
+def caller_id(api_key: str) -> str:
+    """A stable id for the holder of an API key, safe to use in Redis key names and tokens."""
+    return hashlib.sha256(_CALLER_LABEL + api_key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def _digest(value: str) -> bytes:
@@ -48,6 +63,10 @@ class TokenSigner:
     def __init__(self, secret: bytes, ttl_s: int) -> None:
         self._secret = secret
         self.ttl_s = ttl_s
+
+    def derived(self, label: bytes) -> "TokenSigner":
+        """A signer for another kind of token: its key derived from this one's, so neither forges the other."""
+        return TokenSigner(hmac.new(self._secret, label, hashlib.sha256).digest(), self.ttl_s)
 
     def _signature(self, job_id: str, expires_s: int) -> str:
         mac = hmac.new(self._secret, f"{job_id}.{expires_s}".encode(), hashlib.sha256).digest()
@@ -77,8 +96,10 @@ class Authenticator:
 
     def __init__(self, api_keys: list[str], signer: TokenSigner, open_paths: frozenset[str]) -> None:
         self._key_digests = [_digest(key) for key in api_keys]
+        self._caller_ids = frozenset(caller_id(key) for key in api_keys)
         self.signer = signer
         self.open_paths = open_paths
+        self.internal_signer = signer.derived(_INTERNAL_LABEL)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Authenticator | None":
@@ -101,11 +122,28 @@ class Authenticator:
             matched |= hmac.compare_digest(given, digest)
         return matched
 
+    def issue_internal(self, api_key: str) -> str:
+        """An internal token for the holder of ``api_key`` (:class:`Unauthenticated` for a wrong key)."""
+        if not self.is_key(api_key):
+            raise Unauthenticated("invalid API key")
+        return self.internal_signer.issue(caller_id(api_key))
+
+    def caller_of(self, api_key: str | None, internal_token: str | None) -> str:
+        """The caller id an API key or an internal token stands for; :class:`Unauthenticated` otherwise."""
+        if api_key is not None and self.is_key(api_key):
+            return caller_id(api_key)
+        if not internal_token:
+            raise Unauthenticated("this endpoint needs X-Internal-Token or Authorization: Bearer <API key>")
+        caller = self.internal_signer.verify(internal_token)
+        if caller not in self._caller_ids:
+            raise Unauthenticated("the internal token's API key is no longer valid")
+        return caller
+
     def check(
         self, method: str, path: str, path_params: Mapping[str, Any], bearer: str | None, token: str | None
     ) -> None:
         """Return if allowed; raise :class:`Unauthenticated` (401) or :class:`PermissionDenied` (403)."""
-        if path in self.open_paths:
+        if path in self.open_paths or path.startswith(ECOSYSTEM_PREFIXES):
             return
         if bearer is not None and self.is_key(bearer):
             return

@@ -2,6 +2,10 @@
 
 The only place that knows HTTP status codes for factory errors. Unexpected exceptions are
 logged with their traceback and answered with a bare 500 that leaks nothing.
+
+Deliberate oddity: the ecosystem's routes (``/v1/...``, ``/internal/...``) answer the same errors
+in the shape its published client reads, FastAPI's ``{"detail": {"error_code", "message", ...}}``,
+with a dict of details (e.g. ``limit``/``used``/``quota_type``) merged into ``detail``.
 """
 
 import json
@@ -17,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from factory.errors import FactoryError, ServiceUnavailable, Unauthenticated
+from gateway.auth import ECOSYSTEM_PREFIXES
 from gateway.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,26 @@ def error_response(
     return _ErrorJSON({"error": body}, status_code=status, headers=headers)
 
 
+def ecosystem_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The ecosystem's error shape: ``{"detail": {"error_code", "message", ...details}}``."""
+    detail: dict[str, Any] = {"error_code": code, "message": message}
+    if isinstance(details, dict):
+        detail.update({k: v for k, v in details.items() if k not in detail})
+    elif details is not None:
+        detail["details"] = details
+    return _ErrorJSON({"detail": detail}, status_code=status, headers=headers)
+
+
+def _respond(
+    request: Request, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    if request.url.path.startswith(ECOSYSTEM_PREFIXES):
+        return ecosystem_response(status, code, message, details, headers)
+    return error_response(status, code, message, details, headers)
+
+
 async def _factory_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FactoryError)
     headers = None
@@ -58,7 +83,7 @@ async def _factory_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after_s)}
     elif isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
+    return _respond(request, exc.status_code, exc.code, exc.message, exc.details, headers)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -79,14 +104,14 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     invalid_json = [_json_problem(e) for e in errors if e.get("type") == "json_invalid"]
     if invalid_json:
-        return error_response(400, "BAD_REQUEST", "the request body is not valid JSON", invalid_json)
+        return _respond(request, 400, "BAD_REQUEST", "the request body is not valid JSON", invalid_json)
     if any(tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes) for e in errors):
         # FastAPI hands the raw bytes on when the Content-Type is not JSON (curl -d sends a form type).
-        return error_response(
-            415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON, with Content-Type: application/json"
+        return _respond(
+            request, 415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON, with Content-Type: application/json"
         )
     details = [{"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))} for e in errors]
-    return error_response(422, "VALIDATION_ERROR", "the request does not match the API", details)
+    return _respond(request, 422, "VALIDATION_ERROR", "the request does not match the API", details)
 
 
 def _status_name(status: int) -> str:
@@ -99,17 +124,17 @@ def _status_name(status: int) -> str:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code) or _status_name(exc.status_code)
-    return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    return _respond(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("Redis unavailable while serving %s: %s", request.url.path, exc)
-    return error_response(503, "SERVICE_UNAVAILABLE", "the job store is unreachable", headers={"Retry-After": "2"})
+    return _respond(request, 503, "SERVICE_UNAVAILABLE", "the job store is unreachable", headers={"Retry-After": "2"})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "INTERNAL_SERVER_ERROR", "internal error")
+    return _respond(request, 500, "INTERNAL_SERVER_ERROR", "internal error")
 
 
 def documented_responses(auth: bool) -> dict[int | str, dict[str, Any]]:

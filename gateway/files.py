@@ -54,12 +54,13 @@ class FileService:
         """Receive, record and store one uploaded file."""
         spooled = await receive_upload(request, self.spool_dir, self.settings.max_file_bytes)
         try:
-            return await self._keep(spooled)
+            return await self.keep(spooled)
         finally:
             await asyncio.to_thread(spooled.path.unlink, missing_ok=True)
 
-    async def _keep(self, spooled: SpooledUpload) -> UploadRecord:
-        file_id = new_file_id()
+    async def keep(self, spooled: SpooledUpload, file_id: str | None = None, ttl_s: int | None = None) -> UploadRecord:
+        """Record and store a spooled file, kept ``ttl_s`` (default: the retention); the caller removes the spool."""
+        file_id = file_id or new_file_id()
         name = sanitize_name(spooled.filename)
         content_type = spooled.content_type or content_type_for(name)
         if content_type == "application/octet-stream":
@@ -75,7 +76,7 @@ class FileService:
         key = keys.upload_key(file_id)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=record.to_hash())  # type: ignore[arg-type]
-            pipe.expire(key, self.settings.retention_s)
+            pipe.expire(key, ttl_s or self.settings.retention_s)
             await pipe.execute()
         try:
             await asyncio.to_thread(self._put, record, spooled.path)

@@ -3,8 +3,9 @@
 Starlette's ``request.form()`` would read the whole body before anything could check its size;
 this feeds the body chunk by chunk to python-multipart's streaming parser, writes the file
 part's bytes to disk (in a thread) and stops with 413 as soon as the file passes the limit. A
-body carries exactly one file part (any field name); other fields are ignored, and together
-with the multipart framing may add at most :data:`FRAMING_BYTES` to the body.
+body carries exactly one file part (any field name); other fields are kept as text (the first
+:data:`FIELD_BYTES` of each, e.g. ``ttl`` and ``session_id`` of ``/internal/files/upload_temp``),
+and together with the multipart framing may add at most :data:`FRAMING_BYTES` to the body.
 """
 
 import asyncio
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # defined for type checkers only
     from python_multipart.multipart import MultipartCallbacks
 
 FRAMING_BYTES = 64 * 1024
+FIELD_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class SpooledUpload:
     filename: str
     content_type: str | None
     size: int
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +51,9 @@ class _Collector:
     content_type: str | None = None
     size: int = 0
     pending: list[bytes] = field(default_factory=list)
+    field_name: str | None = None
+    field_value: bytes = b""
+    fields: dict[str, str] = field(default_factory=dict)
 
     def callbacks(self) -> "MultipartCallbacks":
         return {
@@ -76,6 +82,9 @@ class _Collector:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self.headers.get(b"content-disposition"))
         if b"filename" not in options:
+            name = options.get(b"name")
+            self.field_name = name.decode("utf-8", errors="replace") if name else None
+            self.field_value = b""
             return
         if self.found:
             raise BadRequest("POST /files takes one file per request")
@@ -90,8 +99,13 @@ class _Collector:
             if self.size > self.max_bytes:
                 raise PayloadTooLarge(f"the file exceeds the limit of {self.max_bytes} bytes")
             self.pending.append(data[start:end])
+        elif self.field_name is not None and len(self.field_value) < FIELD_BYTES:
+            self.field_value = (self.field_value + data[start:end])[:FIELD_BYTES]
 
     def on_part_end(self) -> None:
+        if self.field_name is not None:
+            self.fields[self.field_name] = self.field_value.decode("utf-8", errors="replace")
+            self.field_name = None
         self.in_file = False
 
 
@@ -143,4 +157,4 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> S
     if not collector.found:
         path.unlink(missing_ok=True)
         raise BadRequest("the multipart body has no file part (curl -F file=@path)")
-    return SpooledUpload(path, collector.filename, collector.content_type, collector.size)
+    return SpooledUpload(path, collector.filename, collector.content_type, collector.size, collector.fields)

@@ -44,7 +44,7 @@ async def upload_file(http: Request, state: StateDep) -> UploadedFile:
     )
 
 
-def _disposition(name: str) -> str:
+def content_disposition(name: str) -> str:
     last = name.rsplit("/", 1)[-1]
     fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in last)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(last, safe='')}"
@@ -60,7 +60,7 @@ async def job_file(job_id: str, name: str, state: StateDep) -> StreamingResponse
     output = await state.files.open_output(job_id, name)
     headers = {
         "Content-Length": str(output.file.size),
-        "Content-Disposition": _disposition(output.file.name),
+        "Content-Disposition": content_disposition(output.file.name),
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, max-age=3600",
     }

@@ -1,6 +1,5 @@
 """Invoking: ``POST /invoke`` (202 + job id) and the seed's ``POST /invoke/{...}`` forms."""
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -9,10 +8,11 @@ from sse_starlette import EventSourceResponse
 
 from factory.deployed import Target
 from factory.jobs import InvocationRequest, JobStatus
+from factory.sealing import seal_declared
 from gateway.deps import GatewayState, StateDep
-from gateway.relay import EventStream, ReaderLimits
-from gateway.schemas import CallBody, ErrorResponse, InvokeAccepted, InvokeBody, JobResult, SeedInvokeBody
+from gateway.schemas import CallBody, ErrorResponse, InvokeAccepted, InvokeBody, RuntimeResult, SeedInvokeBody
 from gateway.streaming import check_capacity, open_stream
+from gateway.waiting import wait_for_end
 
 router = APIRouter(
     tags=["invoke"],
@@ -75,6 +75,8 @@ async def _seed_invoke(
 ) -> Response:
     """Streaming: the new job's SSE stream. Non-streaming: the result once the job ends."""
     target, request = await _prepare(state, prefab_id, function_name, body)
+    if body.secrets:
+        request.sealed_secrets = seal_declared(state.settings, target.function, body.secrets)
     job_id = request.job_id
     if target.function.streaming:
         check_capacity(state, job_id)  # before the enqueue: a refused caller must not leave an orphan job
@@ -82,27 +84,16 @@ async def _seed_invoke(
         await _enqueue(state, target, request)
         return await open_stream(state, job_id, 0, _job_headers(state, job_id), checked=True)
     await _enqueue(state, target, request)
-    subscriber = await state.hub.subscribe(job_id)
-    stream = EventStream(state.redis, state.hub, job_id, 0, ReaderLimits(state.settings.keepalive_s, float("inf")))
-    frames = stream.frames(subscriber)
-    try:
-        async with asyncio.timeout(state.settings.sync_wait_s):
-            async for _ in frames:
-                pass
-    except TimeoutError:
+    record = await wait_for_end(state, job_id, state.settings.sync_wait_s)
+    if record is None:
         accepted = _accepted(state, http, job_id)
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=_job_headers(state, job_id))
-    finally:
-        await frames.aclose()
-    record, _ = await state.jobs.get(job_id)
-    result = JobResult(
-        job_id=job_id, status=record.status, output=record.output, files=record.files or {}, error=record.error
-    )
+    result = RuntimeResult.from_record(record)
     return JSONResponse(result.model_dump(mode="json"), headers=_job_headers(state, job_id))
 
 
 _SEED_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": JobResult, "content": {"text/event-stream": {}}},
+    200: {"model": RuntimeResult, "content": {"text/event-stream": {}}},
     202: {"model": InvokeAccepted},
 }
 

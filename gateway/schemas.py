@@ -74,7 +74,18 @@ class InvokeBody(CallBody):
 
 
 class SeedInvokeBody(CallBody):
-    """``POST /invoke/{function}``: the seed's form, ``{"inputs": {...}}``; the function is in the path."""
+    """``POST /invoke/{function}``: the seed's form, ``{"inputs": {...}}``; the function is in the path.
+
+    ``_secrets`` is how the ecosystem's gateway hands a prefab runtime the caller's secrets: they
+    reach this call's function ahead of the worker's own values, sealed on the way (never stored in clear).
+    """
+
+    secrets: dict[str, str] | None = Field(
+        default=None,
+        alias="_secrets",
+        repr=False,
+        description="per-call secrets, name → value, used ahead of the worker's own (never stored in clear)",
+    )
 
 
 class InvokeAccepted(BaseModel):
@@ -127,14 +138,27 @@ class JobView(BaseModel):
         )
 
 
-class JobResult(BaseModel):
-    """The ecosystem's result of a non-streaming call, once the job ends."""
+class RuntimeResult(BaseModel):
+    """The ecosystem runtime's answer to a non-streaming ``POST /invoke/{function}``, once the job ends.
 
-    job_id: str
-    status: JobStatus
+    ``status`` is ``SUCCESS`` or ``FAILED``; ``job_id`` and ``error`` ride along as extensions.
+    """
+
+    status: str
     output: Any = None
     files: dict[str, list[str]] = Field(default_factory=dict)
+    job_id: str
     error: ErrorInfo | None = None
+
+    @classmethod
+    def from_record(cls, record: JobRecord) -> "RuntimeResult":
+        return cls(
+            status="SUCCESS" if record.status is JobStatus.FINISHED else "FAILED",
+            output=record.output,
+            files=record.files or {},
+            job_id=record.job_id,
+            error=record.error,
+        )
 
 
 class UploadedFile(BaseModel):

@@ -14,12 +14,14 @@ from fastapi.testclient import TestClient
 
 from factory.settings import Settings
 from gateway.app import create_app
-from gateway.auth import OPEN_PATHS, Authenticator, TokenSigner
-from tests.shapes import assert_error
+from gateway.auth import ECOSYSTEM_PREFIXES, OPEN_PATHS, Authenticator, TokenSigner
+from gateway.v1.files import BLOB_PREFIX, PUT_PREFIX
+from tests.shapes import assert_ecosystem_error, assert_error
 from tests.stack import Stack, parse_frames
 
 KEYS = ["key-one-0123456789", "key-two-abcdefghij"]
 GOOD = {"function_name": "typed", "inputs": {"text": "hello"}}
+SIGNED_PREFIXES = (PUT_PREFIX, BLOB_PREFIX)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -71,6 +73,13 @@ def test_every_endpoint_but_the_open_ones_needs_a_key(auth_settings: Settings, c
         response = client.request(method, url, json={} if method == "POST" else None)
         if path in OPEN_PATHS:
             assert response.status_code == 200, (method, path, response.text)
+            continue
+        if path.startswith(SIGNED_PREFIXES):  # the signature is the credential
+            assert_ecosystem_error(response, 403, "PERMISSION_DENIED")
+            continue
+        if path.startswith(ECOSYSTEM_PREFIXES):
+            detail = assert_ecosystem_error(response, 401, "UNAUTHENTICATED")
+            assert "Bearer" in detail["message"], (method, path)
             continue
         error = assert_error(response, 401, "UNAUTHENTICATED")
         assert "Bearer" in error["message"], (method, path)

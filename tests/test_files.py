@@ -158,7 +158,7 @@ def test_uploaded_file_runs_process_large_file_and_its_output_downloads(gateway:
 def test_non_streaming_outputs_are_in_the_result(gateway: Gateway) -> None:
     result = call(gateway.url, "write_outputs", names=["b.csv", "sub/a.txt"], text="x,y\n")
     job_id = result["job_id"]
-    assert result["status"] == "finished" and result["output"] == {"written": ["b.csv", "sub/a.txt"]}
+    assert result["status"] == "SUCCESS" and result["output"] == {"written": ["b.csv", "sub/a.txt"]}
     base = f"{gateway.url}/jobs/{job_id}/files"
     assert result["files"] == {"output": [f"{base}/b.csv", f"{base}/sub/a.txt"]}
     csv = httpx.get(f"{base}/b.csv", timeout=10)
@@ -286,7 +286,7 @@ def test_output_names_cannot_leave_the_job(gateway: Gateway) -> None:
 
 def test_symlink_output_is_refused(gateway: Gateway) -> None:
     result = call(gateway.url, "symlink_output")
-    assert result["status"] == "failed" and result["files"] == {}
+    assert result["status"] == "FAILED" and result["files"] == {}
     assert result["error"]["code"] == "OUTPUT_FILE_ERROR" and "symbolic link" in result["error"]["message"]
     response = httpx.get(f"{gateway.url}/jobs/{result['job_id']}/files/passwd", timeout=10)
     assert response.status_code == 404 and b"root:" not in response.content
@@ -327,10 +327,10 @@ def test_size_limits_per_file_and_per_job(make_stack: Stack, web: tuple[str, Pat
     assert "larger than the limit of 1000 bytes per file" in events[0].event["data"]
 
     result = call(gateway.url, "write_outputs", names=["a.txt"], text="y" * 1001)
-    assert result["status"] == "failed" and result["error"]["code"] == "OUTPUT_FILE_ERROR"
+    assert result["status"] == "FAILED" and result["error"]["code"] == "OUTPUT_FILE_ERROR"
     result = call(gateway.url, "write_outputs", names=["a.txt", "b.txt"], text="y" * 800)
-    assert result["status"] == "failed" and result["error"]["code"] == "OUTPUT_FILE_ERROR"
-    assert call(gateway.url, "write_outputs", names=["a.txt"], text="y" * 1000)["status"] == "finished"
+    assert result["status"] == "FAILED" and result["error"]["code"] == "OUTPUT_FILE_ERROR"
+    assert call(gateway.url, "write_outputs", names=["a.txt"], text="y" * 1000)["status"] == "SUCCESS"
 
 
 def test_failed_output_upload_ends_with_output_file_error_and_keeps_the_events(make_stack: Stack) -> None:

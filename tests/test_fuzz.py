@@ -25,8 +25,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from factory.embedded_redis import EmbeddedRedis
+from gateway.auth import ECOSYSTEM_PREFIXES
 from tests.conftest import _db_url
-from tests.shapes import error_shape_problem
+from tests.shapes import ecosystem_error_problem, error_shape_problem
 from tests.stack import Gateway, Stack
 
 pytestmark = pytest.mark.e2e
@@ -37,10 +38,12 @@ REQUEST_TIMEOUT_S = 10
 
 @schemathesis.check
 def error_shape(ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case) -> None:
-    """Every 4xx and 5xx body is ``{"error": {"code", "message", "details"?}}`` and leaks no traceback."""
+    """Every 4xx and 5xx body is ``{"error": {"code", "message", "details"?}}`` (the ecosystem's
+    ``{"detail": {"error_code", "message", ...}}`` on its routes) and leaks no traceback."""
     if response.status_code < 400:
         return
-    problem = error_shape_problem(response.status_code, response.headers.get("content-type", [""])[0], response.content)
+    check = ecosystem_error_problem if case.path.startswith(ECOSYSTEM_PREFIXES) else error_shape_problem
+    problem = check(response.status_code, response.headers.get("content-type", [""])[0], response.content)
     if problem is not None:
         raise AssertionError(problem)
 

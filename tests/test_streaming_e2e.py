@@ -87,7 +87,7 @@ def test_non_streaming_function_returns_the_result(gateway: Gateway) -> None:
     response = httpx.post(f"{gateway.url}/invoke/word_count", json={"inputs": {"text": "a b a\nc"}}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["status"] == "finished"
+    assert body["status"] == "SUCCESS"
     assert body["output"]["words"] == 4 and body["output"]["top"][0] == ["a", 2]
     assert body["job_id"] == response.headers["X-Job-Id"]
 

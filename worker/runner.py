@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from factory import reaper
+from factory import reaper, sealing
 from factory.connections import RETRYABLE
 from factory.deployments import Deployment
 from factory.eventlog import (
@@ -277,10 +277,12 @@ class InvocationRunner:
         return _End(orjson.dumps({"type": "done", "data": result}))
 
     def _secrets(self, spec: FunctionSpec) -> tuple[dict[str, str], list[str]]:
+        """The declared secrets' values: the caller's own (sealed into the request) ahead of the worker's."""
+        callers = sealing.unseal(self.runtime.settings, self.request.sealed_secrets)
         values: dict[str, str] = {}
         missing: list[str] = []
         for secret in spec.secrets:
-            value = self.runtime.secrets.get(secret.name)
+            value = callers.get(secret.name, self.runtime.secrets.get(secret.name))
             if value is not None:
                 values[secret.name] = value
             elif secret.required:

@@ -1,6 +1,7 @@
 """Test prefab: each function shows one edge case the factory must handle."""
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -182,3 +183,15 @@ def stubborn(seconds: float) -> Iterator[dict[str, Any]]:
     yield {"type": "start", "data": {"seconds": seconds}}
     time.sleep(seconds)
     yield {"type": "done", "data": {"slept": seconds}}
+
+
+def secret_digest() -> dict[str, Any]:
+    return {"sha256": hashlib.sha256(os.environ.get("BEHAVIOURS_KEY", "").encode()).hexdigest()}
+
+
+def shout_file() -> dict[str, Any]:
+    (source,) = sorted((Path("data") / "inputs" / "input").iterdir())
+    text = source.read_text(encoding="utf-8").upper()
+    OUTPUTS.mkdir(parents=True, exist_ok=True)
+    (OUTPUTS / f"shouted-{source.name}").write_text(text, encoding="utf-8")
+    return {"name": source.name, "size": len(text)}
