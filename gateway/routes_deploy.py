@@ -25,6 +25,7 @@ from factory.wheels import WheelInfo, canonical_wheel_name, read_wheel, signatur
 from gateway.deps import GatewayState, StateDep
 from gateway.routes_jobs import job_events
 from gateway.schemas import DeploymentList, DeploymentView, ErrorResponse
+from gateway.v1.caller import CallerDep, bearer_value
 
 router = APIRouter(tags=["deployments"])
 
@@ -57,8 +58,7 @@ async def _form_fields(http: Request, state: GatewayState) -> tuple[str, str, by
 
 def _check_signature(state: GatewayState, signature: str | None, prefab_id: str, version: str, sha: str) -> None:
     secret = state.settings.deploy_secret
-    if secret is None:
-        return
+    assert secret is not None
     if not signature:
         raise Unauthenticated("X-Hub-Signature-256 is required to deploy")
     if not signature_matches(secret, signature, prefab_id, version, sha):
@@ -87,11 +87,20 @@ async def deploy_wheel(
     http: Request,
     state: StateDep,
     x_hub_signature_256: Annotated[str | None, Header()] = None,
+    x_internal_token: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> DeploymentView:
-    """Deploy a prefab wheel (multipart ``prefab_id``, ``version``, ``whl_file``); a worker builds it."""
+    """Deploy a prefab wheel (multipart ``prefab_id``, ``version``, ``whl_file``); a worker builds it.
+
+    With ``FACTORY_DEPLOY_SECRET`` the signature is the credential (the release pipeline's);
+    without it, a caller's API key or internal token when API keys are configured.
+    """
+    if state.settings.deploy_secret is None and state.auth is not None:
+        state.auth.caller_of(bearer_value(authorization), x_internal_token)
     prefab_id, version, data = await _form_fields(http, state)
     info = read_wheel(data)
-    _check_signature(state, x_hub_signature_256, prefab_id, version, info.sha256)
+    if state.settings.deploy_secret is not None:
+        _check_signature(state, x_hub_signature_256, prefab_id, version, info.sha256)
     _check_wheel(info, prefab_id, version)
     location = f"{WHEELS_PREFIX}/{info.sha256}/{canonical_wheel_name(prefab_id, version)}"
     await asyncio.to_thread(state.files.storage.put, location, io.BytesIO(data), "application/zip")
@@ -116,7 +125,7 @@ async def deploy_wheel(
 
 @router.get("/v1/deployments", response_model=DeploymentList)
 async def list_deployments(
-    http: Request, state: StateDep, prefab_id: Annotated[str | None, Query(max_length=128)] = None
+    http: Request, state: StateDep, caller: CallerDep, prefab_id: Annotated[str | None, Query(max_length=128)] = None
 ) -> DeploymentList:
     """Every deployment the factory keeps (retired ones until their retention ends), newest first."""
     await state.catalog.refresh()
@@ -136,7 +145,7 @@ async def _deployment(state: GatewayState, deployment_id: str) -> Deployment:
 
 
 @router.get("/v1/deployments/{deployment_id}", response_model=DeploymentView, responses={404: {"model": ErrorResponse}})
-async def get_deployment(deployment_id: str, http: Request, state: StateDep) -> DeploymentView:
+async def get_deployment(deployment_id: str, http: Request, state: StateDep, caller: CallerDep) -> DeploymentView:
     """The deployment's record: ``building`` → ``ready`` | ``failed`` (with the reason), or ``retired``."""
     await state.catalog.refresh()
     return _view(http, await _deployment(state, deployment_id))
@@ -155,6 +164,7 @@ async def get_deployment(deployment_id: str, http: Request, state: StateDep) -> 
 async def deployment_events(
     deployment_id: str,
     state: StateDep,
+    caller: CallerDep,
     last_event_id: Annotated[str | None, Header()] = None,
     last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0)] = None,
 ) -> Response:
@@ -168,7 +178,7 @@ async def deployment_events(
 @router.delete(
     "/v1/deployments/{deployment_id}", response_model=DeploymentView, responses={404: {"model": ErrorResponse}}
 )
-async def delete_deployment(deployment_id: str, http: Request, state: StateDep) -> DeploymentView:
+async def delete_deployment(deployment_id: str, http: Request, state: StateDep, caller: CallerDep) -> DeploymentView:
     """Retire the deployment: new calls no longer run on it; jobs already given it run to their end."""
     retired = await asyncio.to_thread(undeploy, state.jobs.sync_client, deployment_id)
     await state.catalog.refresh(force=True)

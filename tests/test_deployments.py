@@ -201,7 +201,7 @@ def test_manifest_that_lies_about_its_code_is_refused_at_deploy(make_stack: Stac
     )
     response = deploy(gateway.url, build(lying, tmp_path / "dist"), "lying", "1.0.0")
     assert response.status_code == 422
-    assert "absent" in response.json()["error"]["message"]
+    assert "absent" in response.json()["detail"]["message"]  # the ecosystem's error shape under /v1
 
 
 def test_versions_side_by_side_live_pinned_and_retired(make_stack: Stack, tmp_path: Path) -> None:
