@@ -30,7 +30,7 @@ import redis
 from bench.context import FULL, QUICK, Context
 from bench.procs import Cluster, raise_open_files_limit
 from bench.results import ScenarioResult, table, write_json
-from bench.scenarios import ceilings, connections, fanout, first_event, many_jobs, one_stream, scaling
+from bench.scenarios import ceilings, connections, environments, fanout, first_event, many_jobs, one_stream, scaling
 
 logger = logging.getLogger("bench")
 
@@ -43,6 +43,7 @@ SCENARIOS: dict[str, Scenario] = {
     many_jobs.NAME: many_jobs.run,
     connections.NAME: connections.run,
     scaling.NAME: scaling.run,
+    environments.NAME: environments.run,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 PACKAGES = (

@@ -14,7 +14,8 @@ when started as root, the unprivileged user it is given. It dies with its horse.
 Messages to the horse are a one-letter tag and a payload:
 
 - ``Y`` the prefab imported (after start); ``I<reason>`` it did not, and the runner exits;
-- ``E<json>`` a yielded value; ``N<reason>`` a yielded value that is not JSON;
+- ``E<json>[\n<json>...]`` yielded values, one a line (compact JSON has no raw newline);
+  ``N<reason>`` a yielded value that is not JSON;
 - ``F`` the generator returned; ``R<json>`` a plain function's return value;
 - ``X<json {"type", "message", "traceback"}>`` the function raised;
 - ``M<message>`` it ran out of memory (the runner exits after);
@@ -31,6 +32,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Generator
 from multiprocessing.connection import Connection
@@ -38,6 +40,7 @@ from typing import Any
 
 PR_SET_PDEATHSIG = 1
 _TERMINAL_TYPES = ("done", "error")
+MAX_PENDING = 1024  # values yielded and not yet written, before the generator waits
 
 
 def _confine(memory_bytes: int, user: str) -> None:
@@ -109,14 +112,76 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-class _Job:
-    def __init__(self, conn: Connection, module: Any, order: dict[str, Any]) -> None:
+class _Outbox(threading.Thread):
+    """Sends the runner's messages in order from a thread of its own, coalescing yielded values.
+
+    While one message is on its way, the values yielded meanwhile gather and leave as one ``E``
+    message (one per line): a fast generator pays one write per batch, and a lone value leaves at
+    once. At most :data:`MAX_PENDING` values wait; a generator faster than the horse reads waits too.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(name="runner-outbox", daemon=True)
         self.conn = conn
+        self.cond = threading.Condition()
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.sending = False
+
+    def put(self, tag: bytes, payload: bytes = b"") -> None:
+        with self.cond:
+            while len(self.pending) >= MAX_PENDING:
+                self.cond.wait()
+            self.pending.append((tag, payload))
+            self.cond.notify_all()
+
+    def drain(self) -> None:
+        """Return once every message put so far has been written."""
+        with self.cond:
+            while self.pending or self.sending:
+                self.cond.wait()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending:
+                    self.cond.wait()
+                batch, self.pending, self.sending = self.pending, [], True
+                self.cond.notify_all()
+            try:
+                for message in _coalesced(batch):
+                    self.conn.send_bytes(message)
+            except OSError:
+                os._exit(1)  # the horse is gone
+            with self.cond:
+                self.sending = False
+                self.cond.notify_all()
+
+
+def _coalesced(batch: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Consecutive ``E`` values joined into one message; every other message as it is."""
+    messages: list[bytes] = []
+    values: list[bytes] = []
+    for tag, payload in batch:
+        if tag == b"E":
+            values.append(payload)
+            continue
+        if values:
+            messages.append(b"E" + b"\n".join(values))
+            values = []
+        messages.append(tag + payload)
+    if values:
+        messages.append(b"E" + b"\n".join(values))
+    return messages
+
+
+class _Job:
+    def __init__(self, outbox: _Outbox, module: Any, order: dict[str, Any]) -> None:
+        self.outbox = outbox
         self.module = module
         self.order = order
 
     def run(self) -> None:
-        order, conn = self.order, self.conn
+        order, send = self.order, self.outbox.put
         saved_env = dict(os.environ)
         os.environ.update(order.get("env", {}))
         os.chdir(order["cwd"])
@@ -129,19 +194,19 @@ class _Job:
                         raw = _dumps(value)
                     except (TypeError, ValueError) as exc:
                         reason = f"{type(value).__name__} value is not JSON-serialisable: {exc}"
-                        conn.send_bytes(b"N" + reason.encode())
+                        send(b"N", reason.encode())
                         return
-                    conn.send_bytes(b"E" + raw)
+                    send(b"E", raw)
                     if isinstance(value, dict) and value.get("type") in _TERMINAL_TYPES:
                         break  # the stream ended: the generator is closed, as the seed's rule says
             finally:
                 values.close()
-            conn.send_bytes(b"F")
+            send(b"F")
         except _Returned as returned:
             try:
-                conn.send_bytes(b"R" + _dumps(returned.value))
+                send(b"R", _dumps(returned.value))
             except (TypeError, ValueError) as exc:
-                conn.send_bytes(b"N" + f"the return value is not JSON-serialisable: {exc}".encode())
+                send(b"N", f"the return value is not JSON-serialisable: {exc}".encode())
         finally:
             os.environ.clear()
             os.environ.update(saved_env)
@@ -190,27 +255,29 @@ def _restore_handlers(handlers: dict[signal.Signals, Any]) -> None:
 
 def _serve(conn: Connection, module: Any) -> None:
     handlers = {sig: signal.getsignal(sig) for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}}
+    outbox = _Outbox(conn)
+    outbox.start()
     while True:
         try:
             order = json.loads(conn.recv_bytes())
         except EOFError:
             return
         if order["op"] == "check":
-            conn.send_bytes(b"C" + _dumps(_check(module, order["functions"])))
+            outbox.put(b"C", _dumps(_check(module, order["functions"])))
             continue
         try:
-            _Job(conn, module, order).run()
+            _Job(outbox, module, order).run()
             _restore_handlers(handlers)
         except MemoryError:
-            conn.send_bytes(
-                b"M" + b"the job ran out of memory (its limit is the manifest's execution_environment.memory)"
-            )
+            outbox.put(b"M", b"the job ran out of memory (its limit is the manifest's execution_environment.memory)")
+            outbox.drain()
             os._exit(3)
         except BaseException as exc:  # the prefab raised: report it, keep serving
             report = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
-            conn.send_bytes(b"X" + _dumps(report))
+            outbox.put(b"X", _dumps(report))
             _restore_handlers(handlers)
             if not isinstance(exc, Exception):
+                outbox.drain()
                 os._exit(1)  # SystemExit, KeyboardInterrupt: the prefab asked to stop the process
 
 

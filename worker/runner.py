@@ -328,9 +328,11 @@ class InvocationRunner:
             if message is None:
                 continue
             tag, body = message[:1], message[1:]
-            if tag == b"E":
+            if tag != b"E":
+                return self._ended_by(runner, tag, body)
+            for line in body.split(b"\n"):
                 try:
-                    event_type, raw = encode_yielded(orjson.loads(body))
+                    event_type, raw = encode_yielded(orjson.loads(line))
                     if len(raw) > max_bytes:
                         raise InvalidEvent(f"event of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
                 except InvalidEvent as exc:
@@ -339,8 +341,6 @@ class InvocationRunner:
                     self._drain(runner)
                     return _End(raw)
                 publisher.publish(raw)
-            else:
-                return self._ended_by(runner, tag, body)
 
     def _drain(self, runner: Runner) -> None:
         """Read the runner's end of a job that yielded its terminal event (it closes the generator)."""

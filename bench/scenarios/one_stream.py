@@ -51,7 +51,7 @@ async def run(ctx: Context) -> ScenarioResult:
             "ev/s",
             "sse in-process",
             sse["events_per_s"],
-            Target("ratio", ">=", 0.5),
+            Target("ratio", ">=", 2.0),
         ),
         Figure(
             NAME,
