@@ -80,6 +80,21 @@ def encode_yielded(value: object) -> tuple[str, bytes]:
         raise InvalidEvent(f"event of type {event_type!r} is not JSON-serialisable: {exc}") from exc
 
 
+def accept_encoded(raw: bytes) -> tuple[str, bytes]:
+    """:func:`encode_yielded` for a value already encoded as strict, compact JSON (a prefab runner's):
+    the same checks, and the same bytes kept when they are an event (no second encoding)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from exc
+    if isinstance(value, dict):
+        event_type = value.get("type")
+        if not isinstance(event_type, str) or not event_type:
+            raise InvalidEvent("event has no string 'type'")
+        return event_type, raw
+    return encode_yielded(value)
+
+
 def is_terminal(event_type: str) -> bool:
     """Whether an event of this type ends the stream."""
     return event_type in TERMINAL_TYPES

@@ -132,7 +132,8 @@ class _Outbox(threading.Thread):
             while len(self.pending) >= MAX_PENDING:
                 self.cond.wait()
             self.pending.append((tag, payload))
-            self.cond.notify_all()
+            if len(self.pending) == 1:  # it was empty: the sender may be waiting for it
+                self.cond.notify_all()
 
     def drain(self) -> None:
         """Return once every message put so far has been written."""

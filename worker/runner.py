@@ -53,8 +53,8 @@ from factory.events import (
     WORKER_LOST,
     ErrorInfo,
     InvalidEvent,
+    accept_encoded,
     decode,
-    encode_yielded,
     error_event,
     is_terminal,
     terminal_status,
@@ -332,7 +332,7 @@ class InvocationRunner:
                 return self._ended_by(runner, tag, body)
             for line in body.split(b"\n"):
                 try:
-                    event_type, raw = encode_yielded(orjson.loads(line))
+                    event_type, raw = accept_encoded(line)
                     if len(raw) > max_bytes:
                         raise InvalidEvent(f"event of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
                 except InvalidEvent as exc:
