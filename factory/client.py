@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Generator, Iterator
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -93,6 +94,15 @@ class PrefabSummary(_Lenient):
     description: str | None = None
     functions: list[str] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
+
+
+class UploadedFile(_Lenient):
+    """``201`` answer of ``POST /files``: pass ``ref`` in a call's ``files``."""
+
+    file_id: str
+    name: str
+    size: int
+    ref: str
 
 
 class StreamedEvent(BaseModel):
@@ -188,9 +198,20 @@ class FactoryClient:
         """Cancel the job (``POST /jobs/{id}/cancel``); a running one ends with ``error``/``CANCELED``."""
         return JobView.model_validate(self._request("POST", _job_path(job_id, "cancel")))
 
-    def jobs(self, limit: int = 50) -> list[JobView]:
-        """The most recent jobs (``GET /jobs``)."""
-        answer = self._request("GET", "/jobs", params={"limit": limit})
+    def upload(self, path: Path) -> UploadedFile:
+        """Upload one input file (``POST /files``); its ``ref`` goes in :meth:`invoke`'s ``files``."""
+        with path.open("rb") as content:
+            answer = self._request("POST", "/files", files={"file": (path.name, content)}, timeout=None)
+        return UploadedFile.model_validate(answer)
+
+    def jobs(
+        self, limit: int = 50, status: str | None = None, prefab_id: str | None = None, function_name: str | None = None
+    ) -> list[JobView]:
+        """The most recent jobs, newest first, of the given status, prefab and function when given (``GET /jobs``)."""
+        params: dict[str, str | int] = {"limit": limit}
+        filters = {"status": status, "prefab_id": prefab_id, "function_name": function_name}
+        params.update({name: value for name, value in filters.items() if value is not None})
+        answer = self._request("GET", "/jobs", params=params)
         return [JobView.model_validate(job) for job in answer.get("jobs", [])]
 
     def prefabs(self) -> list[PrefabSummary]:

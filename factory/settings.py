@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # The gateway the CLI's client commands talk to (FACTORY_URL); unset: the one `factory up` recorded.
+    url: str | None = None
+
     @field_validator("prefabs", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:

@@ -34,6 +34,26 @@ TASK = "worker.tasks.run_invocation"
 RQ_TIMEOUT_MARGIN_S = 30
 
 
+# How many of the most recent jobs a filtered listing looks through.
+RECENT_SCAN = 2000
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing keeps: each field given must match."""
+
+    status: JobStatus | None = None
+    prefab_id: str | None = None
+    function_name: str | None = None
+
+    def accepts(self, record: JobRecord) -> bool:
+        return (
+            (self.status is None or record.status is self.status)
+            and (self.prefab_id is None or record.prefab_id == self.prefab_id)
+            and (self.function_name is None or record.function_name == self.function_name)
+        )
+
+
 @dataclass(frozen=True)
 class Submitted:
     record: JobRecord
@@ -117,14 +137,24 @@ class JobService:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its retention ended)")
         return JobRecord.from_hash(fields), int(length)
 
-    async def recent(self, limit: int) -> list[tuple[JobRecord, int]]:
-        ids: list[bytes] = await self.client.zrevrange(keys.recent_jobs_key(), 0, limit - 1)  # type: ignore[assignment]
+    async def recent(self, limit: int, match: JobFilter | None = None) -> list[tuple[JobRecord, int]]:
+        """The newest jobs first, at most ``limit``, those ``match`` accepts (it looks at most RECENT_SCAN deep)."""
         found: list[tuple[JobRecord, int]] = []
-        for raw in ids:
-            try:
-                found.append(await self.get(raw.decode()))
-            except JobNotFound:
-                await self.client.zrem(keys.recent_jobs_key(), raw)
+        page = limit if match is None else max(limit, 100)
+        for start in range(0, RECENT_SCAN, page):
+            ids: list[bytes] = await self.client.zrevrange(keys.recent_jobs_key(), start, start + page - 1)  # type: ignore[assignment]
+            for raw in ids:
+                try:
+                    record, length = await self.get(raw.decode())
+                except JobNotFound:
+                    await self.client.zrem(keys.recent_jobs_key(), raw)
+                    continue
+                if match is None or match.accepts(record):
+                    found.append((record, length))
+                    if len(found) >= limit:
+                        return found
+            if len(ids) < page:
+                break
         return found
 
     async def cancel(self, job_id: str) -> JobRecord:
