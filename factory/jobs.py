@@ -83,6 +83,7 @@ class JobRecord(BaseModel):
     error: ErrorInfo | None = None
     files: dict[str, list[str]] | None = None
     streaming: bool = False
+    version: str | None = None  # the prefab version that serves the call
 
     def to_hash(self) -> dict[str, bytes]:
         """Field → JSON value, for HSET."""

@@ -50,3 +50,33 @@ def sweep_lock_key() -> str:
 def reaper_lock_key() -> str:
     """Lock taken by the one process per interval that looks for lost jobs (lapsed heartbeats)."""
     return f"{NAMESPACE}:reaper-lock"
+
+
+# Job statistics, written by the append script as a job ends (see factory/jobstats.py). They carry
+# no job's hash tag: they are the factory's, not one job's. Under a Redis Cluster the append script
+# would be given no stats keys (they are optional), and the counters would be empty.
+
+
+def stats_outcomes_key() -> str:
+    """Hash of ended (and retried) jobs: ``<prefab>\\t<function>\\t<version>\\t<outcome>\\t<code>`` → count."""
+    return f"{NAMESPACE}:stats:outcomes"
+
+
+def stats_durations_key() -> str:
+    """Hash holding the job duration histogram: ``<labels>\\t<bucket index>`` → count, ``<labels>\\tsum`` → seconds."""
+    return f"{NAMESPACE}:stats:durations"
+
+
+def stats_first_event_key() -> str:
+    """Hash holding the time-to-first-event histogram, laid out as :func:`stats_durations_key`."""
+    return f"{NAMESPACE}:stats:first-event"
+
+
+def workers_key() -> str:
+    """Sorted set of worker names scored by the time (ms) their presence record lapses."""
+    return f"{NAMESPACE}:workers"
+
+
+def worker_key(name: str) -> str:
+    """Hash describing one live worker process (what it serves, its process figures), with a short TTL."""
+    return f"{NAMESPACE}:worker:{name}"

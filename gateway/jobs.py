@@ -102,6 +102,7 @@ class JobService:
             status=JobStatus.QUEUED,
             created_ms=request.created_ms,
             streaming=target.function.streaming,
+            version=target.manifest.version,
         )
         await asyncio.to_thread(self._enqueue, record, request)
         return record

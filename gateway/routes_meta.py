@@ -1,13 +1,14 @@
 """The catalog and the process: ``/prefabs``, ``/healthz``, ``/readyz``, ``/metrics``."""
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from factory.catalog import PrefabEntry
 from factory.errors import ServiceUnavailable
-from gateway.deps import StateDep
+from gateway.deps import GatewayState, StateDep
 from gateway.schemas import ErrorResponse, Health, PrefabList, PrefabSummary
+from gateway.stats import Snapshot, Stats, read_snapshot, summarise
 
 router = APIRouter()
 
@@ -52,11 +53,29 @@ async def readyz(state: StateDep) -> Health:
     try:
         await state.redis.ping()
     except (RedisError, OSError) as exc:
+        state.metrics.redis_errors.labels(where="readyz").inc()
         raise ServiceUnavailable("Redis is unreachable", retry_after_s=2) from exc
     return Health(status="ready")
 
 
+async def _snapshot(state: GatewayState) -> Snapshot | None:
+    try:
+        return await read_snapshot(state.redis, state.settings)
+    except (RedisError, OSError):
+        state.metrics.redis_errors.labels(where="stats").inc()
+        return None
+
+
 @router.get("/metrics", tags=["health"], response_class=Response)
 async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics of this gateway process."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics: this gateway process's, then the factory-wide ones read from Redis."""
+    return Response(state.metrics.render(await _snapshot(state)), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/stats", response_model=Stats, tags=["health"], responses={503: {"model": ErrorResponse}})
+async def stats(state: StateDep) -> Stats:
+    """What the factory has done and is doing, across every process (JSON; the console's overview)."""
+    snapshot = await _snapshot(state)
+    if snapshot is None:
+        raise ServiceUnavailable("Redis is unreachable", retry_after_s=2)
+    return summarise(snapshot, state.hub.stream_count)

@@ -91,6 +91,7 @@ class JobView(BaseModel):
     job_id: str
     prefab_id: str
     function_name: str
+    version: str | None = Field(default=None, description="the prefab version that serves the call")
     status: JobStatus
     created_at: datetime
     started_at: datetime | None = None
@@ -108,6 +109,7 @@ class JobView(BaseModel):
             job_id=record.job_id,
             prefab_id=record.prefab_id,
             function_name=record.function_name,
+            version=record.version,
             status=record.status,
             created_at=_iso(record.created_ms) or datetime.now(UTC),
             started_at=_iso(record.started_ms),

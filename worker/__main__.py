@@ -14,6 +14,7 @@ from factory.storage import storage_from_settings
 from worker.engine import Engine
 from worker.files import FileBridge
 from worker.loader import import_prefabs
+from worker.presence import Presence
 from worker.runner import WorkerRuntime
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,14 @@ def main() -> None:
             settings.worker_lost_after_s,
             settings.worker_heartbeat_s,
         )
-    runtime = build_runtime(settings, _worker_name())
+    name = _worker_name()
+    runtime = build_runtime(settings, name)
     blocking = redis_sync(settings.require_redis_url(), socket_timeout_s=None)  # for the blocking pop
-    Engine(settings, runtime, blocking).run()
+    presence = Presence(settings, name, [e.manifest.id for e in runtime.catalog.loaded() if e.manifest]).start()
+    try:
+        Engine(settings, runtime, blocking).run()
+    finally:
+        presence.stop()
 
 
 if __name__ == "__main__":
