@@ -105,6 +105,17 @@ class JobService:
             version=target.manifest.version,
         )
         await asyncio.to_thread(self._enqueue, record, request)
+        logger.info(
+            "job queued",
+            extra={
+                "job_id": record.job_id,
+                "event": "queued",
+                "prefab_id": record.prefab_id,
+                "version": record.version,
+                "function": record.function_name,
+                "queue": self.queue.name,
+            },
+        )
         return record
 
     def _enqueue(self, record: JobRecord, request: InvocationRequest) -> None:
@@ -167,6 +178,10 @@ class JobService:
         result = parse_append(await self._append(keys=append_keys(job_id), args=args))
         if result.outcome is Outcome.APPENDED:
             await asyncio.to_thread(self._unqueue, job_id)
+            logger.info(
+                "job ended: canceled",
+                extra={"job_id": job_id, "event": "ended", "outcome": "canceled", "error_code": CANCELED},
+            )
         record, _ = await self.get(job_id)
         return record
 
