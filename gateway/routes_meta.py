@@ -1,4 +1,4 @@
-"""The catalog and the process: ``/prefabs``, ``/healthz``, ``/readyz``, ``/metrics``."""
+"""The catalog and the process: ``/prefabs``, ``/healthz``, ``/readyz``, ``/metrics``, ``/stats``."""
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -6,6 +6,7 @@ from redis.exceptions import RedisError
 
 from factory.catalog import PrefabEntry
 from factory.errors import ServiceUnavailable
+from factory.manifest import Manifest
 from gateway.deps import GatewayState, StateDep
 from gateway.schemas import ErrorResponse, Health, PrefabList, PrefabSummary
 from gateway.stats import Snapshot, Stats, read_snapshot, summarise
@@ -33,12 +34,18 @@ async def list_prefabs(state: StateDep) -> PrefabList:
     return PrefabList(prefabs=[_summary(e) for e in state.catalog.entries])
 
 
-@router.get("/prefabs/{prefab_id}", tags=["prefabs"], responses={404: {"model": ErrorResponse}})
-async def get_prefab(prefab_id: str, state: StateDep) -> Response:
-    """The loaded prefab's whole manifest."""
+@router.get(
+    "/prefabs/{prefab_id}",
+    tags=["prefabs"],
+    response_model=Manifest,
+    response_model_exclude_none=True,
+    responses={404: {"model": ErrorResponse}},
+)
+async def get_prefab(prefab_id: str, state: StateDep) -> Manifest:
+    """The loaded prefab's whole manifest: its functions with their parameters, secrets and file groups."""
     manifest = state.catalog.get(prefab_id).manifest
     assert manifest is not None
-    return Response(manifest.model_dump_json(by_alias=True, exclude_none=True), media_type="application/json")
+    return manifest
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])

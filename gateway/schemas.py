@@ -2,9 +2,9 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
 from factory.events import ErrorInfo
@@ -43,7 +43,7 @@ class CallBody(BaseModel):
     inputs: JsonObject | None = None
     parameters: JsonObject | None = None
     files: FileGroups = Field(default_factory=dict)
-    retries: int | None = Field(
+    retries: Annotated[int, Strict()] | None = Field(  # strict: true is not 1
         default=None,
         ge=0,
         le=MAX_RETRIES,
@@ -150,7 +150,7 @@ class JobList(BaseModel):
 class PrefabSummary(BaseModel):
     id: str | None
     path: str
-    status: str = Field(description="loaded | broken")
+    status: Literal["loaded", "broken"]
     version: str | None = None
     name: str | None = None
     description: str | None = None
