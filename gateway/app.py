@@ -18,7 +18,7 @@ from factory.catalog import Catalog
 from factory.connections import redis_async, redis_sync
 from factory.settings import Settings
 from factory.storage import storage_from_settings
-from gateway import errors, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
+from gateway import errors, openapi, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
 from gateway.auth import Authenticator, requirement
 from gateway.body_limit import BodyLimit
 from gateway.deps import GatewayState
@@ -40,6 +40,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         client = redis_async(url)
         sync_client = redis_sync(url)
         catalog = Catalog.discover(settings.prefabs)
+        openapi.use_catalog(app, catalog)
         hub = RelayHub(client)
         await hub.start()
         storage = storage_from_settings(settings)
@@ -84,8 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # App-wide, so every router (including ones added later) needs credentials; see gateway/auth.py.
         dependencies=[Depends(requirement(authenticator))] if authenticator else None,
         responses=errors.documented_responses(auth=authenticator is not None),
+        docs_url=None,  # served by gateway.openapi from local files instead of a CDN
+        redoc_url=None,
     )
     errors.install(app)
+    openapi.install_docs(app)
+    routes_ui.install_assets(app)
     app.include_router(routes_invoke.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_meta.router)

@@ -52,6 +52,7 @@ class WorkerStat(BaseModel):
     pid: int
     queues: list[str]
     prefabs: list[str]
+    secrets: list[str] = Field(default_factory=list, description="declared secrets it can supply (names only)")
     started_at: datetime
     last_beat_at: datetime
     cpu_s: float

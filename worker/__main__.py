@@ -50,7 +50,8 @@ def main() -> None:
     name = _worker_name()
     runtime = build_runtime(settings, name)
     blocking = redis_sync(settings.require_redis_url(), socket_timeout_s=None)  # for the blocking pop
-    presence = Presence(settings, name, [e.manifest.id for e in runtime.catalog.loaded() if e.manifest]).start()
+    served = [entry.manifest.id for entry in runtime.catalog.loaded() if entry.manifest]
+    presence = Presence(settings, name, served, sorted(runtime.secrets)).start()
     try:
         Engine(settings, runtime, blocking).run()
     finally:

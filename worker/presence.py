@@ -38,6 +38,7 @@ class WorkerPresence(BaseModel):
     beat_ms: int
     queues: list[str]
     prefabs: list[str]
+    secrets: list[str]  # names of the declared secrets this worker can supply (never their values)
     cpu_s: float
     rss_bytes: int
 
@@ -60,10 +61,11 @@ def _cpu_s() -> float:
 class Presence:
     """Keeps one worker's presence record fresh until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, name: str, prefabs: list[str]) -> None:
+    def __init__(self, settings: Settings, name: str, prefabs: list[str], secrets: list[str]) -> None:
         self.settings = settings
         self.name = name
         self.prefabs = sorted(prefabs)
+        self.secrets = sorted(secrets)
         self.started_ms = now_ms()
         self.interval_s = max(0.5, settings.worker_heartbeat_s)
         self.client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
@@ -98,6 +100,7 @@ class Presence:
             beat_ms=now,
             queues=[self.settings.queue_name],
             prefabs=self.prefabs,
+            secrets=self.secrets,
             cpu_s=_cpu_s(),
             rss_bytes=_rss_bytes(),
         )
