@@ -253,3 +253,30 @@ def test_390_px_wide_without_horizontal_scroll_and_by_keyboard(console: Console)
     console.wait_status("done")
     assert console.page_width() <= 390
     console.shot("390px")
+
+
+def test_each_version_of_a_prefab_is_listed_with_its_state(console: Console) -> None:
+    """When GET /prefabs lists versions (deployments), each shows with its state and the reason of a failure."""
+    versions = [
+        {"version": "1.1.0", "state": "building", "reason": None, "deployment_id": "d3"},
+        {"version": "1.0.0", "state": "ready", "reason": None, "deployment_id": "d2"},
+        {"version": "0.9.0", "state": "failed", "reason": "its wheel does not install", "deployment_id": "d1"},
+    ]
+
+    def with_versions(route: Any) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        for prefab in body["prefabs"]:
+            if prefab["id"] == "streaming-examples":
+                prefab["versions"] = versions
+        route.fulfill(response=answer, json=body)
+
+    console.page.route("**/prefabs", with_versions)
+    console.page.goto(f"{console.url}/")
+    console.page.wait_for_selector("[data-fn='streaming-examples/batch_process']")
+    listed = console.page.locator(".prefab:has([data-fn^='streaming-examples/']) .versions li")
+    expected = ["v1.1.0\nbuilding", "v1.0.0\nready", "v0.9.0\nfailed\nits wheel does not install"]
+    assert listed.all_inner_texts() == expected
+    single = console.page.locator(".prefab:has([data-fn^='behaviours/']) .versions li")
+    assert single.all_inner_texts() == ["v1.0.0\nready"]  # no versions field: the one version it serves
+    console.shot("versions")
