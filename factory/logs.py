@@ -110,8 +110,13 @@ class LineWriter(io.TextIOBase):
         self.stream = stream
         self.pending = ""
 
+    encoding = "utf-8"  # what code reading sys.stdout.encoding expects to find
+
     def writable(self) -> bool:
         return True
+
+    def isatty(self) -> bool:
+        return False
 
     def write(self, text: str) -> int:
         self.pending += text
