@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from factory.embedded_redis import free_port
+from factory.embedded_redis import EmbeddedRedis, free_port
+from tests.conftest import _db_url
 from tests.stack import ROOT
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
@@ -44,10 +45,8 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def factory_url(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def factory_url(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`factory up` on a free port, serving the example and the test prefabs, against the session's Redis."""
-    from tests.conftest import _db_url
-
     workdir = tmp_path_factory.mktemp("console")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
@@ -280,3 +279,23 @@ def test_each_version_of_a_prefab_is_listed_with_its_state(console: Console) -> 
     single = console.page.locator(".prefab:has([data-fn^='behaviours/']) .versions li")
     assert single.all_inner_texts() == ["v1.0.0\nready"]  # no versions field: the one version it serves
     console.shot("versions")
+
+
+def test_api_docs_render_offline(console: Console) -> None:
+    """/docs draws the typed API with every request to another host refused."""
+    outside: list[str] = []
+
+    def only_local(route: Any) -> None:
+        if route.request.url.startswith(console.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    console.page.route("**/*", only_local)
+    console.page.goto(f"{console.url}/docs")
+    console.page.wait_for_selector(".opblock-summary-path[data-path='/invoke']")
+    console.page.click(".opblock-post:has(.opblock-summary-path[data-path='/invoke']) .opblock-summary")
+    console.page.wait_for_selector("text=batch_process")
+    assert outside == []
+    console.shot("docs")
