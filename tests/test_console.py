@@ -5,6 +5,7 @@ or uncaught exception in the page. No browser is ever downloaded: Playwright is 
 system's chromium, and the module is skipped, saying why, only where that cannot be had.
 """
 
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,13 +46,12 @@ BROWSER_ARGS = [
 TIMEOUT_MS = 30_000
 
 
-@pytest.fixture(scope="module")
-def factory_url(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`factory up` on a free port, serving the example and the test prefabs, against the session's Redis."""
-    workdir = tmp_path_factory.mktemp("console")
+@contextmanager
+def factory_up(redis_url: str, workdir: Path, **extra_env: str) -> Iterator[str]:
+    """`factory up` on a free port, serving the example and the test prefabs, against ``redis_url``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
-    env.update({"REDIS_URL": _db_url(redis_server), "FACTORY_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    env.update({"REDIS_URL": redis_url, "FACTORY_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", **extra_env})
     command = [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--workers", "2"]
     command += ["--state-dir", str(workdir / "state")]
     command += ["--prefabs", str(ROOT / "prefabs"), "--prefabs", str(ROOT / "tests" / "prefabs")]
@@ -58,12 +59,13 @@ def factory_url(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFa
     with log.open("wb") as out:
         up = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {extra_env['FACTORY_API_KEYS']}"} if "FACTORY_API_KEYS" in extra_env else {}
     try:
         deadline = time.monotonic() + 60
         while True:
             assert up.poll() is None, log.read_text()
             try:
-                stats = httpx.get(f"{url}/stats", timeout=1)
+                stats = httpx.get(f"{url}/stats", headers=headers, timeout=1)
                 if stats.status_code == 200 and len(stats.json()["workers"]) == 2:
                     break
             except httpx.TransportError:
@@ -77,6 +79,12 @@ def factory_url(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFa
             up.wait(60)
         except subprocess.TimeoutExpired:
             up.kill()
+
+
+@pytest.fixture(scope="module")
+def factory_url(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with factory_up(_db_url(redis_server), tmp_path_factory.mktemp("console")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -299,3 +307,44 @@ def test_api_docs_render_offline(console: Console) -> None:
     console.page.wait_for_selector("text=batch_process")
     assert outside == []
     console.shot("docs")
+
+
+def test_with_an_api_key_the_console_runs_streams_and_downloads(
+    browser: Any, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Auth on: the key typed once serves the catalog, the run, the stream (a job token, or the key as a
+    header for a job opened from the list) and the output links."""
+    key = "console-test-key"
+    with factory_up(_db_url(redis_server), tmp_path_factory.mktemp("keyed"), FACTORY_API_KEYS=key) as url:
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        opened = Console(page, url)
+        page.on("console", lambda message: message.type == "error" and opened.errors.append(message.text))
+        page.on("pageerror", lambda error: opened.errors.append(f"uncaught: {error}"))
+        page.goto(f"{url}/")
+        page.wait_for_selector("#prefabs .alert:has-text('UNAUTHENTICATED')")
+        page.click(".key summary")
+        page.fill("#apikey", key)
+        page.press("#apikey", "Enter")
+        notes = tmp_path / "notes.txt"
+        notes.write_text("a b c\n")
+        opened.open_function("streaming-examples", "process_large_file")
+        page.set_input_files("#fields input[type=file]", str(notes))
+        job_id = opened.run()
+        opened.wait_status("done")
+        href = page.locator("#files a").first.get_attribute("href")
+        assert href is not None and "token=" in href
+        assert page.request.get(href).json()["words"] == 3  # the link alone opens the file
+
+        other = context.new_page()  # a new tab: the key (localStorage), no job token (sessionStorage)
+        other.goto(f"{url}/jobs/{job_id}/view")
+        other.wait_for_function("document.querySelectorAll('#events li').length >= 3")  # start, files, done
+        assert other.inner_text("#job-status") == "done"
+        assert other.locator("#files a").first.get_attribute("href") == href.split("?")[0]  # no token in this tab
+        with other.expect_download() as download:  # fetched with the key instead
+            other.click("#files a")
+        assert json.loads(Path(download.value.path()).read_text())["words"] == 3
+        context.close()
+        expected_401 = "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+        assert [error for error in opened.errors if error != expected_401] == []

@@ -1,7 +1,7 @@
 // A job's page: its status, progress, streamed text, files, result or error, and the event log, kept live
 // by an EventSource. What was shown is kept in sessionStorage, so a reload resumes after the last event
 // seen (Last-Event-ID) instead of replaying the stream; a bookmark or a new tab replays it from the start.
-import { ApiError, getJson, jobPath, postJson } from "./api.js";
+import { ApiError, apiKey, getJson, jobPath, postJson } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const STORE_LIMIT = 2000; // events kept for a reload; a longer job replays its stream instead
@@ -15,6 +15,83 @@ function storeKey(jobId) {
 
 export function rememberToken(jobId, token) {
   if (token) sessionStorage.setItem(`${storeKey(jobId)}.token`, token);
+}
+
+function tokenOf(jobId) {
+  return sessionStorage.getItem(`${storeKey(jobId)}.token`);
+}
+
+// EventSource's interface over fetch, for a page holding an API key but no job token (a job opened from
+// the list): it sends the key as a header, which EventSource cannot, and resumes with Last-Event-ID.
+class KeyedEventSource {
+  constructor(url, lastSeq) {
+    this.url = url;
+    this.lastSeq = lastSeq;
+    this.onmessage = null;
+    this.onerror = null;
+    this.controller = new AbortController();
+    this.closed = false;
+    this.read();
+  }
+
+  close() {
+    this.closed = true;
+    this.controller.abort();
+  }
+
+  async read() {
+    while (!this.closed) {
+      try {
+        const headers = { Authorization: `Bearer ${apiKey()}`, Accept: "text/event-stream" };
+        if (this.lastSeq) headers["Last-Event-ID"] = String(this.lastSeq);
+        const response = await fetch(this.url, { headers, signal: this.controller.signal });
+        if (response.status === 204) return;
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        await this.frames(response.body.pipeThrough(new TextDecoderStream()).getReader());
+      } catch (error) {
+        if (this.closed) return;
+        if (this.onerror) this.onerror(error);
+      }
+      if (!this.closed) await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+
+  async frames(reader) {
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const frame = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let id = "";
+        const data = [];
+        for (const line of frame.split("\n")) {
+          if (line.startsWith("id:")) id = line.slice(3).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (!data.length) continue;
+        if (id) this.lastSeq = Number(id);
+        if (this.onmessage) this.onmessage({ data: data.join("\n"), lastEventId: id });
+        if (this.closed) return;
+      }
+    }
+  }
+}
+
+async function keyedBlob(url) {
+  const response = await fetch(url, { headers: { Authorization: `Bearer ${apiKey()}` } });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return URL.createObjectURL(await response.blob());
+}
+
+// A file URL the page can open: with the job's token when it has one (links and images send no header).
+function withToken(url, jobId) {
+  const token = tokenOf(jobId);
+  if (!token) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
 }
 
 function text(value) {
@@ -94,10 +171,11 @@ export class JobView {
   connect() {
     const params = new URLSearchParams();
     if (this.lastSeq) params.set("last_event_id", String(this.lastSeq));
-    const token = sessionStorage.getItem(`${storeKey(this.jobId)}.token`);
+    const token = tokenOf(this.jobId);
     if (token) params.set("token", token);
     const query = params.toString();
-    this.source = new EventSource(jobPath(this.jobId, `/events${query ? `?${query}` : ""}`));
+    const url = jobPath(this.jobId, `/events${query ? `?${query}` : ""}`);
+    this.source = !token && apiKey() ? new KeyedEventSource(url, this.lastSeq) : new EventSource(url);
     this.source.onmessage = (message) => {
       let event;
       try {
@@ -225,10 +303,22 @@ export class JobView {
     for (const [group, urls] of Object.entries(data)) {
       for (const url of Array.isArray(urls) ? urls : [urls]) {
         const item = document.createElement("li");
-        const link = Object.assign(document.createElement("a"), { href: url, textContent: decodeURIComponent(String(url).split("/").pop()) });
-        link.setAttribute("download", "");
+        const name = decodeURIComponent(String(url).split("?")[0].split("/").pop());
+        const link = Object.assign(document.createElement("a"), { href: withToken(String(url), this.jobId), textContent: name });
+        link.setAttribute("download", name);
         item.append(`${group}: `, link);
-        if (IMAGE.test(url)) item.append(Object.assign(document.createElement("img"), { src: url, alt: link.textContent, loading: "lazy" }));
+        const image = IMAGE.test(url) ? Object.assign(document.createElement("img"), { alt: name, loading: "lazy" }) : null;
+        if (!tokenOf(this.jobId) && apiKey()) {
+          // No job token in this tab: fetch with the key (a link or an image sends no header).
+          const blob = keyedBlob(String(url));
+          link.addEventListener("click", async (event) => {
+            event.preventDefault();
+            const target = Object.assign(document.createElement("a"), { href: await blob, download: name });
+            target.click();
+          });
+          if (image) blob.then((src) => { image.src = src; }, () => {});
+        } else if (image) image.src = link.href;
+        if (image) item.append(image);
         $("files").append(item);
       }
     }
