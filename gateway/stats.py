@@ -111,14 +111,16 @@ async def _queues(client: aioredis.Redis, settings: Settings, now: int) -> list[
             pipe.lindex(prefix + name, 0)
         replies = await pipe.execute()
     heads = [(name, int(replies[2 * i]), replies[2 * i + 1]) for i, name in enumerate(names)]
+    waiting = [head.decode() for _, depth, head in heads if depth and head]
     async with client.pipeline(transaction=False) as pipe:
-        for _, _, head in heads:
-            pipe.hget(keys.job_key(head.decode()) if head else keys.job_key(""), "created_ms")
-        created = await pipe.execute()
+        for job_id in waiting:
+            pipe.hget(keys.job_key(job_id), "created_ms")
+        created = dict(zip(waiting, await pipe.execute(), strict=True))
     found = []
-    for (name, depth, head), created_raw in zip(heads, created, strict=True):
-        waited = (now - int(created_raw)) / 1000 if head and created_raw and depth else None
-        found.append(QueueStat(name=name, depth=depth, oldest_waiting_s=None if waited is None else max(0.0, waited)))
+    for name, depth, head in heads:
+        created_raw = created.get(head.decode()) if depth and head else None
+        waited = max(0.0, (now - int(created_raw)) / 1000) if created_raw else None
+        found.append(QueueStat(name=name, depth=depth, oldest_waiting_s=waited))
     return found
 
 
