@@ -41,7 +41,8 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         sync_client = redis_sync(url)
         catalog = Catalog.discover(settings.prefabs)
         openapi.use_catalog(app, catalog)
-        hub = RelayHub(client)
+        metrics = GatewayMetrics()
+        hub = RelayHub(client, on_redis_error=metrics.redis_errors.labels(where="relay").inc)
         await hub.start()
         storage = storage_from_settings(settings)
         state = GatewayState(
@@ -50,7 +51,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             catalog=catalog,
             jobs=JobService(settings, client, sync_client, catalog),
             hub=hub,
-            metrics=GatewayMetrics(),
+            metrics=metrics,
             files=FileService(settings, client, storage),
             auth=authenticator,
         )
