@@ -2,6 +2,8 @@
 // by an EventSource. What was shown is kept in sessionStorage, so a reload resumes after the last event
 // seen (Last-Event-ID) instead of replaying the stream; a bookmark or a new tab replays it from the start.
 import { ApiError, apiKey, getJson, jobPath, postJson } from "./api.js";
+import { tree } from "./tree.js";
+import { KeyedEventSource } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
 const STORE_LIMIT = 2000; // events kept for a reload; a longer job replays its stream instead
@@ -21,66 +23,6 @@ function tokenOf(jobId) {
   return sessionStorage.getItem(`${storeKey(jobId)}.token`);
 }
 
-// EventSource's interface over fetch, for a page holding an API key but no job token (a job opened from
-// the list): it sends the key as a header, which EventSource cannot, and resumes with Last-Event-ID.
-class KeyedEventSource {
-  constructor(url, lastSeq) {
-    this.url = url;
-    this.lastSeq = lastSeq;
-    this.onmessage = null;
-    this.onerror = null;
-    this.controller = new AbortController();
-    this.closed = false;
-    this.read();
-  }
-
-  close() {
-    this.closed = true;
-    this.controller.abort();
-  }
-
-  async read() {
-    while (!this.closed) {
-      try {
-        const headers = { Authorization: `Bearer ${apiKey()}`, Accept: "text/event-stream" };
-        if (this.lastSeq) headers["Last-Event-ID"] = String(this.lastSeq);
-        const response = await fetch(this.url, { headers, signal: this.controller.signal });
-        if (response.status === 204) return;
-        if (!response.ok) throw new Error(`HTTP ${response.status}`);
-        await this.frames(response.body.pipeThrough(new TextDecoderStream()).getReader());
-      } catch (error) {
-        if (this.closed) return;
-        if (this.onerror) this.onerror(error);
-      }
-      if (!this.closed) await new Promise((resolve) => setTimeout(resolve, 1000));
-    }
-  }
-
-  async frames(reader) {
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += value;
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const frame = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        let id = "";
-        const data = [];
-        for (const line of frame.split("\n")) {
-          if (line.startsWith("id:")) id = line.slice(3).trim();
-          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-        }
-        if (!data.length) continue;
-        if (id) this.lastSeq = Number(id);
-        if (this.onmessage) this.onmessage({ data: data.join("\n"), lastEventId: id });
-        if (this.closed) return;
-      }
-    }
-  }
-}
-
 async function keyedBlob(url) {
   const response = await fetch(url, { headers: { Authorization: `Bearer ${apiKey()}` } });
   if (!response.ok) throw new Error(`HTTP ${response.status}`);
@@ -96,27 +38,6 @@ function withToken(url, jobId) {
 
 function text(value) {
   return typeof value === "string" ? value : JSON.stringify(value);
-}
-
-// A collapsible JSON tree: objects and arrays as <details>, leaves coloured by type.
-export function tree(value, key) {
-  const label = (node) => {
-    if (key !== undefined) node.append(Object.assign(document.createElement("span"), { className: "k", textContent: `${key}: ` }));
-    return node;
-  };
-  if (value !== null && typeof value === "object") {
-    const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
-    const details = document.createElement("details");
-    details.open = entries.length <= 20;
-    const summary = label(document.createElement("summary"));
-    summary.append(Array.isArray(value) ? `[${entries.length}]` : `{${entries.length}}`);
-    details.append(summary, ...entries.map(([k, v]) => tree(v, k)));
-    return details;
-  }
-  const leaf = label(Object.assign(document.createElement("div"), { className: "leaf" }));
-  const kind = { string: "s", number: "n", boolean: "b" }[typeof value] || "z";
-  leaf.append(Object.assign(document.createElement("span"), { className: kind, textContent: JSON.stringify(value) }));
-  return leaf;
 }
 
 export class JobView {
