@@ -6,8 +6,9 @@ process (``os.execve``) with ``python -m gateway`` / ``python -m worker``, their
 in the environment, so the core never imports the packages above it. Flags override the
 environment (``Settings.from_env(**flags)``).
 
-Help texts are rich markup (``rich_markup_mode="rich"``), so a literal ``[`` in them is written
-``[``: unescaped, ``[env FACTORY_PORT]`` would be taken for a style tag and vanish.
+Help is click's plain formatter (``rich_markup_mode=None``): with typer's rich markup, ``[env
+FACTORY_PORT]`` in a help text is taken for a style tag and vanishes, and every flag is listed with a
+``<bool>`` value. The exit codes (see :mod:`factory.cli_common`) close every command's help.
 """
 
 import os
