@@ -9,13 +9,28 @@ STAMP_RUN := $(VENV)/.installed-prefabs
 STAMP_DEV := $(VENV)/.installed-dev
 ARGS ?=
 
-.PHONY: up test bench
+.PHONY: up test bench browser
 
 up: $(STAMP_RUN)
 	$(BIN)/factory up $(ARGS)
 
-test: $(STAMP_DEV)
+test: $(STAMP_DEV) browser
 	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/pytest $(ARGS)
+
+# The console tests (tests/test_console.py) drive Debian's chromium through Playwright; no browser is
+# ever downloaded. Installed here when missing and possible (root with apt-get); where it cannot be
+# had, this says so and those tests skip, naming the reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then \
+	  echo "chromium for the console tests: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the console tests (apt-get)"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null \
+	    || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null; }; } \
+	    || echo "SKIPPING the console tests: chromium could not be installed with apt-get"; \
+	else \
+	  echo "SKIPPING the console tests: chromium is not installed and cannot be here (needs root and apt-get)"; \
+	fi
 
 # The benchmark (docs/benchmark.md): `make bench`, or e.g. `make bench ARGS="--quick --only many-jobs"`.
 STAMP_BENCH := $(VENV)/.installed-bench

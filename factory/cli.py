@@ -1,33 +1,35 @@
-"""The ``factory`` command: up, gateway, worker, invoke, validate, new.
+"""The ``factory`` command: up, gateway, worker, validate, new here; invoke, jobs, status, follow, cancel
+in :mod:`factory.cli_jobs`.
 
 ``up`` supervises Redis, the gateway and the workers; ``gateway`` and ``worker`` replace this
 process (``os.execve``) with ``python -m gateway`` / ``python -m worker``, their settings passed
 in the environment, so the core never imports the packages above it. Flags override the
 environment (``Settings.from_env(**flags)``).
 
-``invoke`` writes the stream's content and the final ``done`` data on stdout, so it can be piped;
-the job id, other events and errors go to stderr. The progress bar shows on a terminal only.
+Help is click's plain formatter (``rich_markup_mode=None``): with typer's rich markup, ``[env
+FACTORY_PORT]`` in a help text is taken for a style tag and vanishes, and every flag is listed with a
+``<bool>`` value. The exit codes (see :mod:`factory.cli_common`) close every command's help.
 """
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from factory import cli_deploy, logs
+from factory import cli_deploy, cli_jobs, logs, preflight
 from factory.catalog import Catalog
-from factory.cli_events import EventPrinter
-from factory.client import FactoryClient, FactoryClientError
+from factory.cli_common import EXIT_CODES_HELP, ExitCode, local_url
+from factory.cli_common import settings_from as _settings
+from factory.cli_common import stderr as _stderr
 from factory.embedded_redis import EmbeddedRedisError
 from factory.errors import ManifestError
+from factory.gateway_record import remove_record, write_record
 from factory.hardening import make_undumpable
 from factory.scaffold import FUNCTION_NAME, create_prefab
 from factory.settings import Settings, child_environ
@@ -36,9 +38,11 @@ from factory.supervisor import Supervisor
 app = typer.Typer(
     name="factory",
     help="Run prefabs as jobs with streamed, resumable output.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags as flags, "[env X]" hints kept as written
 )
 
 HostOption = Annotated[str | None, typer.Option(help="Interface the gateway listens on [env FACTORY_HOST].")]
@@ -53,20 +57,10 @@ StateDirOption = Annotated[
 ]
 
 # Commands whose own output reports everything: library logs only on --verbose.
-_QUIET_LOGS = {"validate", "new", "invoke", "deploy", "undeploy"}
+_QUIET_LOGS = {"validate", "new", "invoke", "jobs", "status", "follow", "cancel", "deploy", "undeploy"}
 
-
-def _stderr() -> Console:
-    return Console(stderr=True, soft_wrap=True)
-
-
-def _settings(**overrides: object) -> Settings:
-    """Settings from the environment with the given flags over it; a bad value exits with its reason."""
-    try:
-        return Settings.from_env(**overrides)
-    except ValidationError as exc:
-        _stderr().print(f"[red]invalid settings:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+for _command in (cli_jobs.invoke, cli_jobs.jobs, cli_jobs.status, cli_jobs.follow, cli_jobs.cancel):
+    app.command(epilog=EXIT_CODES_HELP)(_command)
 
 
 @app.callback()
@@ -100,12 +94,32 @@ def up(
         host=host, port=port, workers=workers, prefabs=prefabs or None, state_dir=state_dir, redis_url=redis_url
     )
     make_undumpable()
+    _preflight(settings)
+    write_record(settings.state_dir, local_url(settings))
     try:
         code = Supervisor(settings).run()
     except EmbeddedRedisError as exc:
         _stderr().print(f"[red]cannot start Redis:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
+    finally:
+        remove_record(settings.state_dir)
     raise typer.Exit(code)
+
+
+def _preflight(settings: Settings) -> None:
+    """Refuse a taken port (exit 4) and warn loudly when no prefab would be served."""
+    found = preflight.check(settings)
+    err = _stderr()
+    if not found.loaded:
+        where = ", ".join(str(path) for path in settings.prefabs)
+        err.print(
+            f"[bold yellow]WARNING: no prefab to serve[/bold yellow] under {escape(where)}"
+            + (f" ({len(found.broken)} broken: see the log)" if found.broken else "")
+            + "; every call will answer 404. Add one with [bold]factory new NAME[/bold] or give --prefabs DIR."
+        )
+    if found.port_problem:
+        err.print(f"[bold red]cannot start the gateway:[/bold red] {escape(found.port_problem)}")
+        raise typer.Exit(ExitCode.UNAVAILABLE)
 
 
 @app.command()
@@ -138,76 +152,6 @@ def _exec_module(module: str, settings: Settings) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", module], child_environ(settings))
-
-
-def parse_inputs(json_text: str | None, pairs: list[str]) -> dict[str, Any]:
-    """The call's inputs: the --json object (or @file), then each KEY=VALUE (VALUE as JSON when it parses)."""
-    inputs: dict[str, Any] = {}
-    if json_text:
-        text = Path(json_text[1:]).read_text(encoding="utf-8") if json_text.startswith("@") else json_text
-        try:
-            parsed = json.loads(text)
-        except ValueError as exc:
-            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--json") from exc
-        if not isinstance(parsed, dict):
-            raise typer.BadParameter("must be a JSON object", param_hint="--json")
-        inputs.update(parsed)
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--input")
-        try:
-            inputs[key.strip()] = json.loads(raw)
-        except ValueError:
-            inputs[key.strip()] = raw
-    return inputs
-
-
-def _local_url(settings: Settings) -> str:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
-
-
-@app.command()
-def invoke(
-    function: Annotated[str, typer.Argument(help="The function to call.")],
-    prefab: Annotated[str | None, typer.Option(help="Prefab id (needed when several serve FUNCTION).")] = None,
-    inputs: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="KEY=VALUE; VALUE is parsed as JSON when it parses.")
-    ] = None,
-    json_inputs: Annotated[str | None, typer.Option("--json", help="All inputs as a JSON object, or @file.")] = None,
-    url: Annotated[str | None, typer.Option(help="Gateway URL [default: from FACTORY_HOST/PORT].")] = None,
-    api_key: Annotated[str | None, typer.Option(help="API key [default: the first of FACTORY_API_KEYS].")] = None,
-    detach: Annotated[bool, typer.Option(help="Print the job and exit instead of following its events.")] = False,
-) -> None:
-    """Call a function and follow its events live: progress bar, streamed text, final result."""
-    call_inputs = parse_inputs(json_inputs, inputs or [])
-    settings = _settings()
-    out, err = Console(), _stderr()
-    key = api_key or (settings.api_keys[0] if settings.api_keys else None)
-    job_id: str | None = None
-    with FactoryClient(url or _local_url(settings), api_key=key) as client:
-        try:
-            accepted = client.invoke(function, call_inputs, prefab_id=prefab)
-            job_id = accepted.job_id
-            if detach:
-                out.print_json(accepted.model_dump_json())
-                return
-            err.print(f"[dim]job {job_id} queued[/dim]")
-            printer = EventPrinter(out, err)
-            try:
-                code = printer.follow(client.events(job_id))
-            finally:
-                printer.close()
-        except FactoryClientError as exc:
-            details = f"\n{escape(json.dumps(exc.details, indent=2))}" if exc.details else ""
-            err.print(f"[bold red]{escape(exc.code)}[/bold red]: {escape(exc.message)}{details}")
-            raise typer.Exit(1) from exc
-        except KeyboardInterrupt:
-            if job_id is not None:
-                err.print(f"\n[yellow]stopped following; job {job_id} goes on[/yellow] (GET /jobs/{job_id})")
-            raise typer.Exit(130) from None
-    raise typer.Exit(code)
 
 
 @app.command()

@@ -105,6 +105,15 @@ class DeploymentView(_Lenient):
     job_id: str | None = None
 
 
+class UploadedFile(_Lenient):
+    """``201`` answer of ``POST /files``: pass ``ref`` in a call's ``files``."""
+
+    file_id: str
+    name: str
+    size: int
+    ref: str
+
+
 class StreamedEvent(BaseModel):
     """One event of a job's stream: its ``seq`` (the SSE ``id``) and the event itself."""
 
@@ -229,9 +238,20 @@ class FactoryClient:
         """Cancel the job (``POST /jobs/{id}/cancel``); a running one ends with ``error``/``CANCELED``."""
         return JobView.model_validate(self._request("POST", _job_path(job_id, "cancel")))
 
-    def jobs(self, limit: int = 50) -> list[JobView]:
-        """The most recent jobs (``GET /jobs``)."""
-        answer = self._request("GET", "/jobs", params={"limit": limit})
+    def upload(self, path: Path) -> UploadedFile:
+        """Upload one input file (``POST /files``); its ``ref`` goes in :meth:`invoke`'s ``files``."""
+        with path.open("rb") as content:
+            answer = self._request("POST", "/files", files={"file": (path.name, content)}, timeout=None)
+        return UploadedFile.model_validate(answer)
+
+    def jobs(
+        self, limit: int = 50, status: str | None = None, prefab_id: str | None = None, function_name: str | None = None
+    ) -> list[JobView]:
+        """The most recent jobs, newest first, of the given status, prefab and function when given (``GET /jobs``)."""
+        params: dict[str, str | int] = {"limit": limit}
+        filters = {"status": status, "prefab_id": prefab_id, "function_name": function_name}
+        params.update({name: value for name, value in filters.items() if value is not None})
+        answer = self._request("GET", "/jobs", params=params)
         return [JobView.model_validate(job) for job in answer.get("jobs", [])]
 
     def prefabs(self) -> list[PrefabSummary]:
@@ -363,8 +383,13 @@ def _streamed_event(sse_id: str, data: str, last_seq: int | None) -> StreamedEve
 def _api_error(response: httpx.Response) -> FactoryClientError:
     """The error an error answer describes, whatever its body."""
     try:
-        error = response.json()["error"]
+        body = response.json()
+        if "detail" in body and "error" not in body:  # the ecosystem's shape (/v1, /internal)
+            detail = body["detail"]
+            code, message = detail.get("error_code", f"HTTP_{response.status_code}"), detail.get("message")
+            return FactoryClientError(response.status_code, str(code), str(message), detail.get("details"))
+        error = body["error"]
         return FactoryClientError(response.status_code, str(error["code"]), str(error["message"]), error.get("details"))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         text = response.text.strip()[:500] or response.reason_phrase
         return FactoryClientError(response.status_code, f"HTTP_{response.status_code}", text)

@@ -30,9 +30,13 @@ import orjson
 from factory import keys
 from factory.events import CANCELED, ErrorInfo, error_event
 from factory.jobs import JobStatus, now_ms, terminal_fields
+from factory.jobstats import STATS_FUNCTIONS
 
-APPEND_LUA = """
+APPEND_LUA = (
+    STATS_FUNCTIONS
+    + """
 local job, log, channel, files = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stats_outcomes, stats_durations, stats_first = KEYS[5], KEYS[6], KEYS[7]
 local batch_id, max_events, retention_s = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local mode, token, n_fields = ARGV[4], ARGV[5], tonumber(ARGV[6])
 if redis.call('EXISTS', job) == 0 then return {-3, 0} end
@@ -50,15 +54,27 @@ for i = first_event, #ARGV do events[#events + 1] = ARGV[i] end
 local last = redis.call('RPUSH', log, unpack(events))
 if batch_id ~= '' then redis.call('HSET', job, 'batch', batch_id) end
 for i = 7, 6 + n_fields, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+local labels = stats_outcomes and job_labels(job)
+local created = ms_field(job, 'created_ms')
+if stats_first and length == 0 and created then observe(stats_first, labels, (now_ms() - created) / 1000) end
 if mode == 'terminal' then
   redis.call('HSET', job, 'terminal', '1')
   redis.call('EXPIRE', job, retention_s)
   redis.call('EXPIRE', log, retention_s)
   if redis.call('EXISTS', files) == 1 then redis.call('EXPIRE', files, retention_s) end
+  if stats_outcomes then
+    local status = cjson.decode(redis.call('HGET', job, 'status') or '"failed"')
+    count_outcome(stats_outcomes, job, labels, status)
+    local began, ended = ms_field(job, 'started_ms') or created, ms_field(job, 'ended_ms')
+    if began and ended then observe(stats_durations, labels .. '\\t' .. status, (ended - began) / 1000) end
+  end
+elseif mode == 'retry' and stats_outcomes then
+  count_outcome(stats_outcomes, job, labels, 'retried')
 end
 redis.call('PUBLISH', channel, (last - n + 1) .. '\\n' .. table.concat(events, '\\n'))
 return {1, last}
 """
+)
 
 # The claim as a Lua function, shared with the worker's take script (``worker.rqjobs``): a new
 # execution token, the attempt number, the heartbeat in the running set, and ``fields`` (a flat
@@ -113,8 +129,12 @@ class AppendResult:
     last_seq: int
 
 
-def append_keys(job_id: str) -> list[str]:
-    return [keys.job_key(job_id), keys.events_key(job_id), keys.events_channel(job_id), keys.files_key(job_id)]
+def append_keys(job_id: str, *, stats: bool = True) -> list[str]:
+    """The keys of :data:`APPEND_LUA`: the job's own, then (unless ``stats`` is off) the job statistics'."""
+    own = [keys.job_key(job_id), keys.events_key(job_id), keys.events_channel(job_id), keys.files_key(job_id)]
+    if not stats:
+        return own
+    return [*own, keys.stats_outcomes_key(), keys.stats_durations_key(), keys.stats_first_event_key()]
 
 
 def append_args(

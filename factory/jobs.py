@@ -78,7 +78,7 @@ class JobRecord(BaseModel):
     job_id: str
     prefab_id: str
     function_name: str
-    version: str | None = None
+    version: str | None = None  # the prefab version that serves the call
     status: JobStatus
     created_ms: int
     started_ms: int | None = None

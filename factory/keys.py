@@ -77,16 +77,6 @@ def doorbell_key(queue_name: str) -> str:
     return f"{NAMESPACE}:doorbell:{queue_name}"
 
 
-def workers_key() -> str:
-    """Sorted set of live workers scored by when their announcement lapses (ms)."""
-    return f"{NAMESPACE}:workers"
-
-
-def worker_key(worker_name: str) -> str:
-    """A worker's announcement (JSON): what it serves, which environments it holds; expires with it."""
-    return f"{NAMESPACE}:worker:{worker_name}"
-
-
 def caller_secrets_key(caller_id: str, prefab_id: str) -> str:
     """Hash of one caller's secrets for one prefab: secret name → Fernet token (never a value in clear).
 
@@ -113,3 +103,33 @@ def caller_files_key(caller_id: str, kind: str) -> str:
 def session_files_key(caller_id: str, session_id: str) -> str:
     """Sorted set of the temporary file ids a caller uploaded for one session, scored by expiry (ms)."""
     return f"{NAMESPACE}:session-files:{caller_id}:{session_id}"
+
+
+# Job statistics, written by the append script as a job ends (see factory/jobstats.py). They carry
+# no job's hash tag: they are the factory's, not one job's. Under a Redis Cluster the append script
+# would be given no stats keys (they are optional), and the counters would be empty.
+
+
+def stats_outcomes_key() -> str:
+    """Hash of ended (and retried) jobs: ``<prefab>\\t<function>\\t<version>\\t<outcome>\\t<code>`` → count."""
+    return f"{NAMESPACE}:stats:outcomes"
+
+
+def stats_durations_key() -> str:
+    """Hash holding the job duration histogram: ``<labels>\\t<bucket index>`` → count, ``<labels>\\tsum`` → seconds."""
+    return f"{NAMESPACE}:stats:durations"
+
+
+def stats_first_event_key() -> str:
+    """Hash holding the time-to-first-event histogram, laid out as :func:`stats_durations_key`."""
+    return f"{NAMESPACE}:stats:first-event"
+
+
+def workers_key() -> str:
+    """Sorted set of worker names scored by the time (ms) their presence record lapses."""
+    return f"{NAMESPACE}:workers"
+
+
+def worker_key(name: str) -> str:
+    """Hash describing one live worker process (what it serves, its process figures), with a short TTL."""
+    return f"{NAMESPACE}:worker:{name}"

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     quotas: dict[str, dict[str, int]] = Field(default_factory=dict, repr=False)
     # How long an upload URL from /internal/files/generate_upload_url (and a download URL) stays valid.
     signed_url_ttl_s: int = Field(default=3600, ge=1)
+    # The gateway the CLI's client commands talk to (FACTORY_URL); unset: the one `factory up` recorded.
+    url: str | None = None
 
     @field_validator("prefabs", mode="before")
     @classmethod

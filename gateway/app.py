@@ -24,7 +24,7 @@ from factory.connections import redis_async, redis_sync
 from factory.registry import register_folders
 from factory.settings import Settings
 from factory.storage import storage_from_settings
-from gateway import errors, routes_deploy, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
+from gateway import errors, openapi, routes_deploy, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
 from gateway.auth import Authenticator, requirement
 from gateway.body_limit import BodyLimit
 from gateway.catalog import CatalogView
@@ -61,10 +61,13 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         client = redis_async(url)
         sync_client = redis_sync(url)
         folders = await _register_folders(sync_client, settings)
-        catalog = CatalogView(client, settings.queue_without_worker)
+        catalog = CatalogView(
+            client, settings.queue_without_worker, lambda deployed: openapi.use_catalog(app, deployed)
+        )
         with suppress(RedisError, OSError):  # else on the first call, once Redis answers
             await catalog.refresh()
-        hub = RelayHub(client)
+        metrics = GatewayMetrics()
+        hub = RelayHub(client, on_redis_error=metrics.redis_errors.labels(where="relay").inc)
         await hub.start()
         storage = storage_from_settings(settings)
         files = FileService(settings, client, storage)
@@ -74,7 +77,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             catalog=catalog,
             jobs=JobService(settings, client, sync_client, catalog),
             hub=hub,
-            metrics=GatewayMetrics(),
+            metrics=metrics,
             files=files,
             auth=authenticator,
             broken_folders=[entry for entry in folders if not entry.ok],
@@ -111,8 +114,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # App-wide, so every router (including ones added later) needs credentials; see gateway/auth.py.
         dependencies=[Depends(requirement(authenticator))] if authenticator else None,
         responses=errors.documented_responses(auth=authenticator is not None),
+        docs_url=None,  # served by gateway.openapi from local files instead of a CDN
+        redoc_url=None,
     )
     errors.install(app)
+    openapi.install_docs(app)
+    routes_ui.install_assets(app)
     app.include_router(routes_invoke.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_meta.router)

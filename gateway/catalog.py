@@ -10,6 +10,7 @@ per :data:`WORKERS_TTL_S` to refuse a call that no worker serves.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import suppress
 
 import redis.asyncio as aioredis
@@ -19,7 +20,8 @@ from factory import keys
 from factory.deployed import DeployedCatalog, Target
 from factory.deployments import Deployment, parse_catalog
 from factory.errors import NoWorker, PrefabNotFound
-from factory.presence import WorkerAnnouncement, live_range, parse_live
+from factory.jobs import now_ms
+from factory.presence import WorkerPresence, parse_presence
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +30,19 @@ WORKERS_TTL_S = 1.0
 
 
 class CatalogView:
-    def __init__(self, client: aioredis.Redis, queue_without_worker: bool) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        queue_without_worker: bool,
+        on_change: Callable[[DeployedCatalog], None] = lambda catalog: None,
+    ) -> None:
         self.client = client
         self.queue_without_worker = queue_without_worker
+        self.on_change = on_change  # e.g. the OpenAPI document is regenerated
         self.current = DeployedCatalog()
         self.deployments: dict[str, Deployment] = {}
         self._version: object = b""
-        self._workers: list[WorkerAnnouncement] = []
+        self._workers: list[WorkerPresence] = []
         self._workers_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -47,6 +55,7 @@ class CatalogView:
             self.deployments = parse_catalog(raw)
             self.current = DeployedCatalog.build(self.deployments)
             self._version = version
+            self.on_change(self.current)
 
     async def follow(self) -> None:
         """Reload on every change of the catalog, until cancelled."""
@@ -63,14 +72,17 @@ class CatalogView:
             await self.refresh(force=True)
             return self.current.resolve(prefab_id, function_name, version)
 
-    async def workers(self) -> list[WorkerAnnouncement]:
+    async def workers(self) -> list[WorkerPresence]:
         """The live workers (read at most once a second)."""
         now = time.monotonic()
         if now - self._workers_at > WORKERS_TTL_S:
-            low, high = live_range()
-            names: list[bytes] = await self.client.zrangebyscore(keys.workers_key(), low, high)  # type: ignore[assignment]
-            raw = await self.client.mget([keys.worker_key(n.decode()) for n in names]) if names else []
-            self._workers, self._workers_at = parse_live(names, raw), now
+            names: list[bytes] = await self.client.zrangebyscore(keys.workers_key(), now_ms(), "+inf")  # type: ignore[assignment]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hget(keys.worker_key(name.decode()), "presence")
+                raw = await pipe.execute()
+            self._workers = [w for w in map(parse_presence, raw) if w is not None]
+            self._workers_at = now
         return self._workers
 
     async def check_served(self, prefab_id: str) -> None:

@@ -10,6 +10,7 @@ with a dict of details (e.g. ``limit``/``used``/``quota_type``) merged into ``de
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -41,7 +42,12 @@ _HTTP_CODES = {
 
 
 class _ErrorJSON(JSONResponse):
-    """Echoed input may hold text UTF-8 cannot encode (a lone surrogate): replace it, never fail."""
+    """Echoed input may hold text UTF-8 cannot encode (a lone surrogate): replace it, never fail.
+
+    It keeps its error code, so the handlers can count refusals by code.
+    """
+
+    error_code = "ERROR"
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
@@ -53,7 +59,9 @@ def error_response(
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
-    return _ErrorJSON({"error": body}, status_code=status, headers=headers)
+    response = _ErrorJSON({"error": body}, status_code=status, headers=headers)
+    response.error_code = code
+    return response
 
 
 def ecosystem_response(
@@ -149,10 +157,28 @@ def documented_responses(auth: bool) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+
+def _counted(handler: Handler) -> Handler:
+    """The handler, counting each answer in ``factory_requests_refused_total`` (and Redis failures)."""
+
+    async def counting(request: Request, exc: Exception) -> JSONResponse:
+        response = await handler(request, exc)
+        state = getattr(request.state, "gateway", None)  # absent only outside the lifespan
+        if state is not None:
+            state.metrics.requests_refused.labels(code=getattr(response, "error_code", "ERROR")).inc()
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                state.metrics.redis_errors.labels(where="request").inc()
+        return response
+
+    return counting
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(FactoryError, _factory_error)
-    app.add_exception_handler(RequestValidationError, _request_validation)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RedisConnectionError, _redis_down)
-    app.add_exception_handler(RedisTimeoutError, _redis_down)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(FactoryError, _counted(_factory_error))
+    app.add_exception_handler(RequestValidationError, _counted(_request_validation))
+    app.add_exception_handler(StarletteHTTPException, _counted(_http_error))
+    app.add_exception_handler(RedisConnectionError, _counted(_redis_down))
+    app.add_exception_handler(RedisTimeoutError, _counted(_redis_down))
+    app.add_exception_handler(Exception, _counted(_unexpected))

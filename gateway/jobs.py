@@ -31,6 +31,26 @@ from gateway.catalog import CatalogView
 logger = logging.getLogger(__name__)
 
 
+# How many of the most recent jobs a filtered listing looks through.
+RECENT_SCAN = 2000
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing keeps: each field given must match."""
+
+    status: JobStatus | None = None
+    prefab_id: str | None = None
+    function_name: str | None = None
+
+    def accepts(self, record: JobRecord) -> bool:
+        return (
+            (self.status is None or record.status is self.status)
+            and (self.prefab_id is None or record.prefab_id == self.prefab_id)
+            and (self.function_name is None or record.function_name == self.function_name)
+        )
+
+
 @dataclass(frozen=True)
 class Submitted:
     record: JobRecord
@@ -85,6 +105,17 @@ class JobService:
             streaming=target.function.streaming,
         )
         await asyncio.to_thread(enqueue, self.sync_client, self.settings, record, request)
+        logger.info(
+            "job queued",
+            extra={
+                "job_id": record.job_id,
+                "event": "queued",
+                "prefab_id": record.prefab_id,
+                "version": record.version,
+                "function": record.function_name,
+                "queue": keys.prefab_queue_name(self.settings.queue_name, record.prefab_id),
+            },
+        )
         return record
 
     async def get(self, job_id: str) -> tuple[JobRecord, int]:
@@ -97,14 +128,24 @@ class JobService:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its retention ended)")
         return JobRecord.from_hash(fields), int(length)
 
-    async def recent(self, limit: int) -> list[tuple[JobRecord, int]]:
-        ids: list[bytes] = await self.client.zrevrange(keys.recent_jobs_key(), 0, limit - 1)  # type: ignore[assignment]
+    async def recent(self, limit: int, match: JobFilter | None = None) -> list[tuple[JobRecord, int]]:
+        """The newest jobs first, at most ``limit``, those ``match`` accepts (it looks at most RECENT_SCAN deep)."""
         found: list[tuple[JobRecord, int]] = []
-        for raw in ids:
-            try:
-                found.append(await self.get(raw.decode()))
-            except JobNotFound:
-                await self.client.zrem(keys.recent_jobs_key(), raw)
+        page = limit if match is None else max(limit, 100)
+        for start in range(0, RECENT_SCAN, page):
+            ids: list[bytes] = await self.client.zrevrange(keys.recent_jobs_key(), start, start + page - 1)  # type: ignore[assignment]
+            for raw in ids:
+                try:
+                    record, length = await self.get(raw.decode())
+                except JobNotFound:
+                    await self.client.zrem(keys.recent_jobs_key(), raw)
+                    continue
+                if match is None or match.accepts(record):
+                    found.append((record, length))
+                    if len(found) >= limit:
+                        return found
+            if len(ids) < page:
+                break
         return found
 
     async def cancel(self, job_id: str) -> JobRecord:
@@ -116,6 +157,10 @@ class JobService:
         result = parse_append(await self._append(keys=append_keys(job_id), args=args))
         if result.outcome is Outcome.APPENDED:
             await asyncio.to_thread(self._unqueue, job_id)
+            logger.info(
+                "job ended: canceled",
+                extra={"job_id": job_id, "event": "ended", "outcome": "canceled", "error_code": CANCELED},
+            )
         record, _ = await self.get(job_id)
         return record
 

@@ -24,7 +24,7 @@ of sending each event separately. (A deliberate divergence from yielding one
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -97,8 +97,11 @@ class Subscriber:
 class RelayHub:
     """Owns the gateway's pub/sub connection and routes channel messages to subscribers."""
 
-    def __init__(self, client: aioredis.Redis, *, buffer_messages: int = 1000) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, buffer_messages: int = 1000, on_redis_error: Callable[[], None] | None = None
+    ) -> None:
         self._client = client
+        self._on_redis_error = on_redis_error or (lambda: None)  # counted in the gateway's metrics
         self._pubsub = client.pubsub(ignore_subscribe_messages=False)
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
@@ -172,6 +175,7 @@ class RelayHub:
             async with self._commands:
                 await self._pubsub.unsubscribe(subscriber.channel)
         except (RedisError, OSError):
+            self._on_redis_error()
             logger.warning("could not unsubscribe from %s; Redis will drop it on reconnect", subscriber.channel)
 
     async def _listen(self) -> None:
@@ -190,6 +194,7 @@ class RelayHub:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                self._on_redis_error()
                 logger.warning("pub/sub connection lost (%s); readers fall back to the log", exc)
                 for readers in self._subscribers.values():
                     for subscriber in readers:

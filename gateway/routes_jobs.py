@@ -7,7 +7,9 @@ from fastapi import APIRouter, Header, Query, Response
 from sse_starlette import EventSourceResponse
 
 from factory.errors import BadRequest
+from factory.jobs import JobStatus
 from gateway.deps import StateDep
+from gateway.jobs import JobFilter
 from gateway.schemas import ErrorResponse, JobList, JobView
 from gateway.streaming import open_stream
 
@@ -15,9 +17,16 @@ router = APIRouter(tags=["jobs"], responses={404: {"model": ErrorResponse}, 503:
 
 
 @router.get("/jobs", response_model=JobList)
-async def list_jobs(state: StateDep, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
-    """The most recent jobs, newest first."""
-    return JobList(jobs=[JobView.from_record(r, n) for r, n in await state.jobs.recent(limit)])
+async def list_jobs(
+    state: StateDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    status: JobStatus | None = None,
+    prefab_id: Annotated[str | None, Query(max_length=128)] = None,
+    function_name: Annotated[str | None, Query(max_length=128)] = None,
+) -> JobList:
+    """The most recent jobs, newest first; only those of the given status, prefab and function when given."""
+    match = JobFilter(status, prefab_id, function_name)
+    return JobList(jobs=[JobView.from_record(r, n) for r, n in await state.jobs.recent(limit, match)])
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)

@@ -1,19 +1,29 @@
-"""The catalog and the process: ``/prefabs``, ``/healthz``, ``/readyz``, ``/metrics``."""
+"""The catalog and the process: ``/prefabs``, ``/healthz``, ``/readyz``, ``/metrics``, ``/stats``."""
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from factory.catalog import PrefabEntry
 from factory.deployed import DeployedCatalog
-from factory.deployments import Deployment, DeploymentSource
+from factory.deployments import Deployment, DeploymentSource, DeploymentState
 from factory.errors import PrefabNotFound, ServiceUnavailable
-from gateway.deps import StateDep
+from factory.manifest import Manifest
+from gateway.deps import GatewayState, StateDep
 from gateway.schemas import ErrorResponse, Health, PrefabList, PrefabSummary, VersionView
+from gateway.stats import Snapshot, Stats, read_snapshot, summarise
 
 router = APIRouter()
+
+
+_STATUS: dict[DeploymentState, Literal["ready", "building", "failed"]] = {
+    DeploymentState.READY: "ready",
+    DeploymentState.BUILDING: "building",
+    DeploymentState.FAILED: "failed",
+}
 
 
 def _version(deployment: Deployment) -> VersionView:
@@ -34,7 +44,7 @@ def _summary(catalog: DeployedCatalog, prefab_id: str) -> PrefabSummary:
     manifest = default.manifest
     return PrefabSummary(
         id=prefab_id,
-        status=default.state.value,
+        status=_STATUS[default.state],
         version=default.version,
         name=manifest.name,
         description=manifest.description,
@@ -65,19 +75,24 @@ async def list_prefabs(state: StateDep) -> PrefabList:
     return PrefabList(prefabs=summaries + [_broken(e) for e in state.broken_folders])
 
 
-@router.get("/prefabs/{prefab_id}", tags=["prefabs"], responses={404: {"model": ErrorResponse}})
-async def get_prefab(prefab_id: str, state: StateDep, version: str | None = None) -> Response:
-    """The manifest of the prefab's version (default: the one a call without a version runs)."""
+@router.get(
+    "/prefabs/{prefab_id}",
+    tags=["prefabs"],
+    response_model=Manifest,
+    response_model_exclude_none=True,
+    responses={404: {"model": ErrorResponse}},
+)
+async def get_prefab(prefab_id: str, state: StateDep, version: str | None = None) -> Manifest:
+    """The manifest of a version of the prefab (default: the one a call without a version runs): its
+    functions with their parameters, secrets and file groups."""
     catalog = state.catalog.current
     versions = catalog.versions(prefab_id)
     if version is None:
-        chosen = catalog.newest_ready(prefab_id) or versions[0]
-    else:
-        found = [d for d in versions if d.version == version]
-        if not found:
-            raise PrefabNotFound(f"prefab {prefab_id!r} has no version {version!r}")
-        chosen = found[0]
-    return Response(chosen.manifest.model_dump_json(by_alias=True, exclude_none=True), media_type="application/json")
+        return (catalog.newest_ready(prefab_id) or versions[0]).manifest
+    found = [d for d in versions if d.version == version]
+    if not found:
+        raise PrefabNotFound(f"prefab {prefab_id!r} has no version {version!r}")
+    return found[0].manifest
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])
@@ -92,11 +107,29 @@ async def readyz(state: StateDep) -> Health:
     try:
         await state.redis.ping()
     except (RedisError, OSError) as exc:
+        state.metrics.redis_errors.labels(where="readyz").inc()
         raise ServiceUnavailable("Redis is unreachable", retry_after_s=2) from exc
     return Health(status="ready")
 
 
+async def _snapshot(state: GatewayState) -> Snapshot | None:
+    try:
+        return await read_snapshot(state.redis, state.settings)
+    except (RedisError, OSError):
+        state.metrics.redis_errors.labels(where="stats").inc()
+        return None
+
+
 @router.get("/metrics", tags=["health"], response_class=Response)
 async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics of this gateway process."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics: this gateway process's, then the factory-wide ones read from Redis."""
+    return Response(state.metrics.render(await _snapshot(state)), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/stats", response_model=Stats, tags=["health"], responses={503: {"model": ErrorResponse}})
+async def stats(state: StateDep) -> Stats:
+    """What the factory has done and is doing, across every process (JSON; the console's overview)."""
+    snapshot = await _snapshot(state)
+    if snapshot is None:
+        raise ServiceUnavailable("Redis is unreachable", retry_after_s=2)
+    return summarise(snapshot, state.hub.stream_count)

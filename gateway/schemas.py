@@ -2,9 +2,9 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
 from factory.deployments import Deployment, DeploymentSource, DeploymentState
@@ -47,7 +47,7 @@ class CallBody(BaseModel):
     version: str | None = Field(
         default=None, max_length=64, description="the prefab version to run (default: the newest ready one)"
     )
-    retries: int | None = Field(
+    retries: Annotated[int, Strict()] | None = Field(  # strict: true is not 1
         default=None,
         ge=0,
         le=MAX_RETRIES,
@@ -106,7 +106,7 @@ class JobView(BaseModel):
     job_id: str
     prefab_id: str
     function_name: str
-    version: str | None = None
+    version: str | None = Field(default=None, description="the prefab version that serves the call")
     status: JobStatus
     created_at: datetime
     started_at: datetime | None = None
@@ -191,7 +191,9 @@ class PrefabSummary(BaseModel):
     """A prefab: its newest version's description, and every live version with its state."""
 
     id: str | None
-    status: str = Field(description="ready | building | failed (its newest version's), or broken (a folder)")
+    status: Literal["ready", "building", "failed", "broken"] = Field(
+        description="its default version's state, or broken (a configured folder that cannot be served)"
+    )
     version: str | None = Field(default=None, description="the version a call without one runs")
     name: str | None = None
     description: str | None = None

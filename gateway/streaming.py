@@ -21,6 +21,11 @@ RETRY_MS = 1000
 SHUTDOWN_GRACE_S = 2.0
 
 
+def count_frames(chunk: bytes) -> int:
+    """Event frames in a chunk the relay writes: each starts a line with ``id:`` (data lines start ``data:``)."""
+    return chunk.count(b"\nid:") + chunk.startswith(b"id:")
+
+
 def check_capacity(state: GatewayState, job_id: str) -> None:
     """Refuse with 503 when this gateway already serves its maximum of streams, or of this job's readers."""
     settings = state.settings
@@ -46,6 +51,8 @@ async def open_stream(
     if not checked:
         check_capacity(state, job_id)
     subscriber = await state.hub.subscribe(job_id)
+    if last_seq > 0:
+        state.metrics.resumes.inc()
     limits = ReaderLimits(
         poll_s=settings.keepalive_s, idle_timeout_s=settings.idle_reader_timeout_s, outage_s=settings.redis_outage_s
     )
@@ -76,6 +83,8 @@ async def _counted(
     try:
         yield b"retry: %d\n\n" % RETRY_MS
         async for chunk in stream.frames(subscriber):
+            state.metrics.frames_sent.inc(count_frames(chunk))
+            state.metrics.bytes_sent.inc(len(chunk))
             yield chunk
     finally:
         watcher.cancel()

@@ -24,7 +24,8 @@ import redis
 import typer
 from typer.testing import CliRunner
 
-from factory.cli import app, parse_inputs
+from factory.cli import app
+from factory.cli_jobs import parse_inputs
 from factory.client import FactoryClient, FactoryClientError
 from factory.settings import Settings, settings_env
 
@@ -382,9 +383,9 @@ def test_invoke_exits_1_on_an_error_event(stub: StubServer) -> None:
     assert stub.state.invoked == [{"function_name": "explode", "inputs": {}, "prefab_id": "p"}]
 
 
-def test_invoke_exits_1_on_an_api_error(stub: StubServer) -> None:
+def test_invoke_of_an_unknown_function_exits_3(stub: StubServer) -> None:
     result = runner.invoke(app, ["invoke", "missing", "--url", stub.url], env=WIDE)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "NOT_FOUND" in result.stderr
 
 

@@ -5,6 +5,7 @@ Timing bounds are generous: they show that nothing waits forever, not how fast i
 """
 
 import os
+import re
 import signal
 import threading
 import time
@@ -339,6 +340,9 @@ def test_redis_restart_loses_nothing(restartable: tuple[RestartableRedis, Stack]
     after = invoke(gateway.url, "counter", {"count": 1})
     assert wait_status(gateway.url, after, {"finished"})["status"] == "finished"
     assert worker.popen.poll() is None and gateway.popen.poll() is None
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text  # the outage, as the gateway counted it
+    assert re.search(r'^factory_redis_errors_total\{where="readyz"\} [1-9]', metrics, re.M), metrics
+    assert re.search(r'^factory_requests_refused_total\{code="SERVICE_UNAVAILABLE"\} [1-9]', metrics, re.M)
 
 
 def test_long_redis_outage_ends_the_job_with_redis_unavailable(restartable: tuple[RestartableRedis, Stack]) -> None:

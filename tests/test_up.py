@@ -1,6 +1,7 @@
 """``factory up``, as a user runs it: a private Redis, the gateway and workers in one command;
 SIGTERM stops every one of them."""
 
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,20 @@ def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None
         ) as response:
             events = list(parse_frames(response.iter_lines()))
         assert [e.type for e in events] == ["start"] + ["progress"] * 5 + ["done"]
+        # The CLI finds this factory's gateway from the state folder alone (no --url, no port).
+        record = json.loads((tmp_path / "state" / "gateway.json").read_text())
+        assert record["url"] == url
+        cli_env = {**env, "FACTORY_STATE_DIR": str(tmp_path / "state")}
+        invoked = subprocess.run(
+            [sys.executable, "-m", "factory.cli", "invoke", "word_count", "-i", "text=up up down"],
+            cwd=tmp_path,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert invoked.returncode == 0, invoked.stderr
+        assert json.loads(invoked.stdout)["top"][0] == ["up", 2]
         assert (tmp_path / "state" / "redis").is_dir()  # the embedded Redis persists there
         family = descendants(up.pid)
         assert len(family) >= 4  # redis-server, the gateway, two workers (and their horses)
@@ -76,6 +91,7 @@ def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None
         assert up.wait(90) == 0, (tmp_path / "up.log").read_text()
         time.sleep(0.5)
         assert [pid for pid in family if alive(pid)] == []
+        assert not (tmp_path / "state" / "gateway.json").exists()
     finally:
         if up.poll() is None:
             up.kill()

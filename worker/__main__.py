@@ -14,6 +14,7 @@ from factory.settings import FACTORY_CREDENTIAL_VARS, Settings
 from factory.storage import storage_from_settings
 from worker.engine import Engine
 from worker.files import FileBridge
+from worker.presence import Presence
 from worker.provision import Provisioner
 from worker.runner import WorkerRuntime
 
@@ -50,9 +51,16 @@ def main() -> None:
             settings.worker_lost_after_s,
             settings.worker_heartbeat_s,
         )
-    runtime = build_runtime(settings, _worker_name())
+    name = _worker_name()
+    runtime = build_runtime(settings, name)
     blocking = redis_sync(settings.require_redis_url(), socket_timeout_s=None)  # for the blocking pop
-    Engine(settings, runtime, blocking).run()
+    engine = Engine(settings, runtime, blocking)
+    engine.jobs.queues.refresh()
+    presence = Presence(settings, name, engine.jobs.queues, set(runtime.secrets)).start()
+    try:
+        engine.run()
+    finally:
+        presence.stop()
 
 
 if __name__ == "__main__":

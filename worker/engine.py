@@ -8,8 +8,9 @@ fork RQ paid for every job (~7 ms) is paid once per horse. For each job the work
   deployments' builds, then one queue per prefab it serves, in turn; ``worker.queues``), its
   request read, its start recorded and the job claimed (an execution token, the attempt number, a
   heartbeat). A busy worker does that in the same round trip that releases the job before; an idle
-  one blocks on its queues' doorbells for at most a second, to follow the catalog of deployments,
-  announce itself (``factory.presence``), run the lost-job reaper every heartbeat and see a stop;
+  one blocks on its queues' doorbells for at most a second, to follow the catalog of deployments
+  (its presence record, ``worker.presence``, tells the gateways), run the lost-job reaper every
+  heartbeat and see a stop;
 - while the horse runs it, refreshes the heartbeat every ``worker_heartbeat_s``, runs the reaper
   when due, and reads the job's record every :data:`POLL_S`: once its stream was ended from
   outside (a cancel, a reaper) or the job passed to another execution, the horse has
@@ -28,9 +29,7 @@ backoff (``worker.outage``), and the worker never dies of one.
 """
 
 import logging
-import os
 import signal
-import socket
 import time
 import uuid
 from contextlib import suppress
@@ -42,11 +41,10 @@ import redis
 from redis.exceptions import NoScriptError
 from rq.job import JobStatus as RQStatus
 
-from factory import keys, presence, reaper
+from factory import keys, reaper
 from factory.connections import RETRYABLE
 from factory.events import SHUTDOWN, TIMEOUT, UNEXPECTED_ERROR, WORKER_LOST
-from factory.jobs import InvocationRequest, now_ms
-from factory.presence import WorkerAnnouncement
+from factory.jobs import InvocationRequest
 from factory.settings import Settings
 from worker.horse import Horse, HorseGone, HorseOrder, HorseReply, describe_exit
 from worker.outage import Steps, Unreachable
@@ -103,7 +101,6 @@ class Engine:
         self._take_delay_s = 0.0
         self._pending: _Start | None = None  # taken with the last job's release
         self._next_catalog_s = 0.0
-        self._started_ms = now_ms()
         self.steps = Steps(stopping=lambda: self._signals > 0)
 
     def run(self) -> None:
@@ -127,8 +124,6 @@ class Engine:
                 self._conclude(run, *self._dispatch(run))
         finally:
             self.horses.dismiss()
-            with suppress(*RETRYABLE):
-                presence.withdraw(self.client, name)
         logger.info("worker %s stopped", name)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -166,22 +161,6 @@ class Engine:
         self._next_catalog_s = now + CATALOG_POLL_S
         if self.jobs.queues.refresh():
             logger.info("serving %s", ", ".join(self.jobs.queues.prefab_ids) or "no prefab yet")
-            self._announce()
-
-    def _announce(self) -> None:
-        queues = self.jobs.queues
-        announcement = WorkerAnnouncement(
-            name=self.runtime.worker_name,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            serves_all=not queues.only,
-            prefabs=queues.prefab_ids,
-            started_ms=self._started_ms,
-        )
-        try:
-            presence.announce(self.client, announcement, self.settings.worker_heartbeat_s)
-        except RETRYABLE as exc:
-            logger.warning("cannot reach Redis to announce the worker: %s", exc)
 
     def _step(self, ended: tuple[reaper.Claim, RQStatus | None] | None, token: str) -> Take | None:
         """One round trip: release the execution that ``ended`` (if any), then take the queues' next job
@@ -340,7 +319,6 @@ class Engine:
         if now < self._next_reap_s:
             return
         self._next_reap_s = now + self.settings.worker_heartbeat_s
-        self._announce()
         try:
             reaper.reap_once(self.client, self.settings, self.runtime.worker_name)
         except RETRYABLE as exc:

@@ -34,7 +34,7 @@ from factory import reaper
 from factory.connections import RETRYABLE
 from factory.events import TIMEOUT
 from factory.jobs import InvocationRequest
-from factory.logs import job_context
+from worker.joblog import logged_run
 from worker.runner import InvocationRunner, RunEnd, WorkerRuntime
 from worker.workspace import spare_workspace
 
@@ -206,10 +206,11 @@ def _restore_handlers(handlers: dict[signal.Signals, Handler]) -> None:
 
 def _run(runtime: WorkerRuntime, order: HorseOrder) -> HorseReply:
     job_id = order.request.job_id
-    with job_context(job_id):
+    with logged_run(runtime.redis, order.request, order.claim.attempt, runtime.worker_name) as logged:
         try:
             report = InvocationRunner(runtime, order.request, order.claim).run()
         except Exception as exc:  # Redis gone for good, or a bug: the worker settles the job
             logger.exception("the job could not be run")
             return HorseReply(job_id=job_id, end=RunEnd.OPEN, failure=f"{type(exc).__name__}: {exc}")
+        logged.retrying = report.end is RunEnd.RETRY
     return HorseReply(job_id=job_id, end=report.end, error_code=report.error_code)

@@ -26,6 +26,7 @@ class ServedQueues:
         self.client = client
         self.only = frozenset(settings.serve_prefabs)
         self.prefab_ids: list[str] = []
+        self.secret_names: set[str] = set()  # the secrets the served prefabs declare
         self._version: bytes | None = b""
         self._turn = 0
         self._deploy = keys.deploy_queue_name(settings.queue_name)
@@ -36,8 +37,16 @@ class ServedQueues:
         if version == self._version:
             return False
         raw: dict[bytes, bytes] = self.client.hgetall(keys.deployments_key())  # type: ignore[assignment]
-        live = {d.prefab_id for d in parse_catalog(raw).values() if d.state is not DeploymentState.RETIRED}
+        deployments = [d for d in parse_catalog(raw).values() if d.state is not DeploymentState.RETIRED]
+        live = {d.prefab_id for d in deployments}
         served = sorted(live & self.only if self.only else live)
+        self.secret_names = {
+            secret.name
+            for d in deployments
+            if d.prefab_id in served
+            for spec in d.manifest.functions
+            for secret in spec.secrets
+        }
         self._version = version
         changed = served != self.prefab_ids
         self.prefab_ids = served

@@ -2,8 +2,10 @@
 
 import asyncio
 import hashlib
+import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -160,6 +162,13 @@ def list_inputs() -> Iterator[dict[str, Any]]:
         for group in sorted(inputs.iterdir())
     }
     yield {"type": "done", "data": groups}
+
+
+def chatty(text: str) -> dict[str, Any]:
+    print(f"printed {text}")  # noqa: T201 - a prefab's print output is what this function shows
+    print(f"complained {text}", file=sys.stderr)  # noqa: T201
+    logging.getLogger("behaviours").warning("logged %s", text)
+    return {"text": text}
 
 
 def whoami() -> dict[str, Any]:
