@@ -3,12 +3,12 @@
 The job id (and the job's prefab, version, function and worker) travel in context variables, set
 by the worker around a job, so library and prefab code log with plain ``logger.info`` and still get
 them. Fields a line passes with ``extra=`` (:data:`JOB_FIELDS`: ``event``, ``outcome``,
-``duration_s``...) become keys of its JSON object. While a job runs, :class:`LineWriter` stands in
-for ``sys.stdout``/``sys.stderr`` so a prefab's ``print`` output becomes log lines of the job.
+``duration_s``...) become keys of its JSON object. A prefab's own output (``print``, ``logging``)
+comes from its runner process and is logged by the work horse as lines of the job
+(``worker.runners``).
 """
 
 import contextvars
-import io
 import logging
 import sys
 from collections.abc import Iterator
@@ -98,48 +98,3 @@ def job_context(job_id: str, **fields: object) -> Iterator[None]:
     finally:
         current_job_fields.reset(fields_token)
         current_job_id.reset(token)
-
-
-class LineWriter(io.TextIOBase):
-    """A text stream that logs each complete line it is given (a prefab's ``print`` output) as a record."""
-
-    def __init__(self, logger: logging.Logger, level: int, stream: str) -> None:
-        super().__init__()
-        self.logger = logger
-        self.level = level
-        self.stream = stream
-        self.pending = ""
-
-    encoding = "utf-8"  # what code reading sys.stdout.encoding expects to find
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            self.logger.log(self.level, "%s", line, extra={"stream": self.stream})
-        return len(text)
-
-    def flush(self) -> None:
-        if self.pending:
-            self.logger.log(self.level, "%s", self.pending, extra={"stream": self.stream})
-            self.pending = ""
-
-
-@contextmanager
-def captured_output(logger: logging.Logger) -> Iterator[None]:
-    """Within the block, ``print`` (stdout) and stderr writes become log lines (INFO / WARNING) of ``logger``."""
-    out, err = LineWriter(logger, logging.INFO, "stdout"), LineWriter(logger, logging.WARNING, "stderr")
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    try:
-        yield
-    finally:
-        out.flush()
-        err.flush()
-        sys.stdout, sys.stderr = saved

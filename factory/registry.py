@@ -34,6 +34,9 @@ from factory.wheels import locked_requirements
 
 logger = logging.getLogger(__name__)
 
+# The function name of a deployment's build job: never a prefab's (those are Python identifiers).
+BUILD_FUNCTION = "@build"
+
 
 def read_all(client: redis.Redis) -> dict[str, Deployment]:
     raw: dict[bytes, bytes] = client.hgetall(keys.deployments_key())  # type: ignore[assignment]
@@ -71,7 +74,7 @@ def deploy(client: redis.Redis, settings: Settings, candidate: Deployment) -> De
     request = InvocationRequest(
         job_id=job_id,
         prefab_id=deployment.prefab_id,
-        function_name="deploy",
+        function_name=BUILD_FUNCTION,
         version=deployment.version,
         deployment_id=deployment.deployment_id,
         kind="deploy",
@@ -81,7 +84,7 @@ def deploy(client: redis.Redis, settings: Settings, candidate: Deployment) -> De
     record = JobRecord(
         job_id=job_id,
         prefab_id=deployment.prefab_id,
-        function_name="deploy",
+        function_name=BUILD_FUNCTION,
         version=deployment.version,
         status=JobStatus.QUEUED,
         created_ms=request.created_ms,

@@ -99,11 +99,11 @@ def _worker(raw: bytes | None) -> WorkerStat | None:
 
 
 async def _queues(client: aioredis.Redis, settings: Settings, now: int) -> list[QueueStat]:
-    """Every RQ queue known to Redis (and the configured one): depth and the age of its oldest job."""
+    """Every RQ queue known to Redis (and the deployments' one): depth and the age of its oldest job."""
     known: set[bytes | str] = await client.smembers(Queue.redis_queues_keys)
     prefix = Queue.redis_queue_namespace_prefix
     decoded = {key.decode() if isinstance(key, bytes) else key for key in known}
-    names = sorted({key.removeprefix(prefix) for key in decoded} | {settings.queue_name})
+    names = sorted({key.removeprefix(prefix) for key in decoded} | {keys.deploy_queue_name(settings.queue_name)})
     async with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.llen(prefix + name)

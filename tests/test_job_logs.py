@@ -44,7 +44,7 @@ def test_every_transition_is_one_line_with_the_jobs_fields(make_stack: Stack) ->
 
     [queued] = [line for line in wait_lines(gateway, job_id, "queued") if line.get("event") == "queued"]
     assert queued["prefab_id"] == "behaviours" and queued["function"] == "chatty"
-    assert queued["version"] == "1.0.0" and queued["queue"] == "factory"
+    assert queued["version"] == "1.0.0" and queued["queue"] == "factory.behaviours"
 
     lines = wait_lines(worker, job_id, "ended")
     events = [line["event"] for line in lines if "event" in line]

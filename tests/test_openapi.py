@@ -10,7 +10,9 @@ import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 
-from factory.catalog import Catalog
+from factory.deployed import DeployedCatalog
+from factory.manifest import load_manifest
+from factory.registry import folder_deployment
 from factory.settings import Settings
 from gateway import openapi
 from gateway.app import create_app
@@ -111,7 +113,9 @@ def test_the_document_follows_the_catalog(client: TestClient, tmp_path: Path) ->
     }
     (folder / "prefab-manifest.json").write_text(json.dumps(manifest))
     (folder / "src" / "main.py").write_text("def shout(text):\n    return text.upper()\n")
-    openapi.use_catalog(client.app_ref, Catalog.discover([folder]))  # type: ignore[attr-defined]
+    deployment = folder_deployment(folder, load_manifest(folder), None)
+    catalog = DeployedCatalog.build({deployment.deployment_id: deployment})
+    openapi.use_catalog(client.app_ref, catalog)  # type: ignore[attr-defined]
     mapping = _invoke_body(client.get("/openapi.json").json())["discriminator"]["mapping"]
     assert list(mapping) == ["shout"]
 

@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import orjson
 import redis
 
 from factory import keys
 from factory.jobs import InvocationRequest, JobRecord
-from factory.logs import captured_output, job_context
+from factory.logs import job_context
 
 logger = logging.getLogger(__name__)
 
@@ -36,27 +35,18 @@ def _ended(client: redis.Redis, job_id: str) -> JobRecord | None:
     return JobRecord.from_hash(fields) if fields else None  # type: ignore[arg-type]
 
 
-def _version(client: redis.Redis, job_id: str) -> str | None:
-    try:
-        raw = client.hget(keys.job_key(job_id), "version")
-    except (redis.RedisError, OSError):
-        return None
-    value = orjson.loads(raw) if isinstance(raw, bytes) else None
-    return value if isinstance(value, str) else None
-
-
 @contextmanager
 def logged_run(client: redis.Redis, request: InvocationRequest, attempt: int, worker: str) -> Iterator[RunOutcome]:
     """Tag the block's log lines with the job, capture print output, log its start and its end."""
     fields = {
         "prefab_id": request.prefab_id,
-        "version": _version(client, request.job_id),
+        "version": request.version or None,
         "function": request.function_name,
         "worker": worker,
         "attempt": attempt,
     }
     outcome = RunOutcome()
-    with job_context(request.job_id, **fields), captured_output(logging.getLogger(f"prefab.{request.prefab_id}")):
+    with job_context(request.job_id, **fields):
         logger.info("job started", extra={"event": "started"})
         try:
             yield outcome

@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import resource
 import signal
@@ -39,6 +40,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+LOG_RECORD_MARK = "\x1eLOG "  # as worker.runners reads it
 _TERMINAL_TYPES = ("done", "error")
 MAX_PENDING = 1024  # values yielded and not yet written, before the generator waits
 
@@ -57,6 +59,21 @@ def _confine(memory_bytes: int, user: str) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+
+class _ForwardRecords(logging.Handler):
+    """The prefab's ``logging`` records, one JSON line each on stderr, for the horse to log as the job's."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.__stderr__
+        if stream is None:
+            return
+        try:
+            data = {"logger": record.name, "level": record.levelname, "msg": record.getMessage()}
+            stream.write(LOG_RECORD_MARK + json.dumps(data) + "\n")
+            stream.flush()
+        except Exception:  # a record that cannot be formatted must not break the prefab
+            self.handleError(record)
 
 
 def _import_prefab(code_dir: str) -> Any:
@@ -289,6 +306,7 @@ def main() -> None:
     # The horse decides when a job stops (it kills this process); a stray signal does not.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, handlers=[_ForwardRecords()])
     if os.getppid() == 1:  # the horse died before the death signal was set
         os._exit(1)
     try:

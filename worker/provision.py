@@ -107,6 +107,7 @@ class Provisioner:
         memory = deployment.manifest.execution_environment
         spec = RunnerSpec(
             key=deployment.deployment_id,
+            prefab_id=deployment.prefab_id,
             python=environment.python,
             code_dir=deployment.location if deployment.source is DeploymentSource.FOLDER else "",
             memory_bytes=memory.memory_limit_bytes if memory is not None else 0,

@@ -60,6 +60,7 @@ from factory.events import (
     terminal_status,
 )
 from factory.jobs import InvocationRequest, JobStatus, now_ms, terminal_fields
+from factory.logs import current_job_fields
 from factory.manifest import FunctionSpec
 from factory.settings import Settings
 from worker import builder
@@ -301,15 +302,14 @@ class InvocationRunner:
             "env": {**secrets, "HOME": str(self.workspace.path), "TMPDIR": str(self.workspace.path)},
             "cwd": str(self.workspace.path),
         }
-        runner.job_id = self.request.job_id
+        runner.job_fields = {**(current_job_fields.get() or {}), "job_id": self.request.job_id}
         self._runner_idle = False  # set once the runner reported the job's end: only then may it run another
         try:
             runner.send(order)
             return self._follow(runner, publisher)
         except RunnerGone as gone:
             return _End(error_event(WORKER_LOST, f"the prefab's process died ({gone.description})"), retryable=True)
-        finally:
-            runner.job_id = None
+        finally:  # its fields stay the runner's until the next job: output of this one may still arrive
             if not self._runner_idle:  # stopped mid-job (deadline, cancel, a bad event), or dead
                 provisioner.discard(runner)
 

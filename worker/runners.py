@@ -33,10 +33,10 @@ from typing import IO, Any
 import orjson
 
 logger = logging.getLogger(__name__)
-prefab_logger = logging.getLogger("prefab")
 
 RUNNER_PATH = Path(__file__).with_name("prefab_runner.py")
 START_TIMEOUT_S = 120.0  # importing a prefab (heavy libraries) may take a while on a cold machine
+LOG_RECORD_MARK = "\x1eLOG "  # a stderr line that carries one of the prefab's logging records (prefab_runner)
 
 # What a prefab's process may see of the worker's environment: nothing that opens the factory.
 _PASSED_VARS = {"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"}
@@ -52,10 +52,20 @@ def runner_environ(environ: dict[str, str], python: Path) -> dict[str, str]:
         if name in _PASSED_VARS or name.upper() in _PROXY_VARS or name.startswith(_PASSED_PREFIXES)
     }
     env["PATH"] = os.pathsep.join([str(python.parent), env.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["VIRTUAL_ENV"] = str(python.parent.parent)
     return env
+
+
+def _forward_record(raw: str, fields: dict[str, object]) -> None:
+    """Log a record the prefab's ``logging`` made (sent as JSON after :data:`LOG_RECORD_MARK`)."""
+    try:
+        record = orjson.loads(raw)
+        level = logging.getLevelName(str(record["level"]))
+        logging.getLogger(str(record["logger"])).log(
+            level if isinstance(level, int) else logging.WARNING, "%s", record["msg"], extra=fields
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        logging.getLogger("prefab").warning("%s", raw, extra={**fields, "stream": "stderr"})
 
 
 class RunnerFailed(Exception):
@@ -75,6 +85,7 @@ class RunnerSpec:
     """What a runner is started for: one deployment's environment and code."""
 
     key: str  # the deployment id
+    prefab_id: str
     python: Path
     code_dir: str  # a folder deployment's path ('' for an installed wheel)
     memory_bytes: int  # 0: no limit
@@ -112,14 +123,16 @@ class Runner:
         self.popen = popen
         self.conn = conn
         self.stamp = stamp
-        self.job_id: str | None = None  # the job whose output its log lines carry
+        self.job_fields: dict[str, object] = {}  # the running job's: its output's log lines carry them
         self.dead = False
 
     @classmethod
     def start(cls, spec: RunnerSpec, environ: dict[str, str]) -> "Runner":
         """Start the runner and wait until its prefab imported; :class:`RunnerFailed` with the reason if not."""
         ours, theirs = Pipe(duplex=True)
-        args = [str(spec.python), "-I", str(RUNNER_PATH), str(theirs.fileno()), str(spec.memory_bytes)]
+        # -I: isolated (no PYTHON* variables, no user site, not the current directory); -u: output
+        # unbuffered, so a print is a log line at once; -B: no bytecode written beside the prefab.
+        args = [str(spec.python), "-I", "-u", "-B", str(RUNNER_PATH), str(theirs.fileno()), str(spec.memory_bytes)]
         args += [spec.user, spec.code_dir]
         try:
             popen = subprocess.Popen(
@@ -129,7 +142,7 @@ class Runner:
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -138,8 +151,9 @@ class Runner:
         finally:
             theirs.close()
         runner = cls(spec, popen, ours, _code_stamp(spec.code_dir))
-        assert popen.stdout is not None
-        threading.Thread(target=runner._log_output, args=(popen.stdout,), daemon=True, name="prefab-output").start()
+        assert popen.stdout is not None and popen.stderr is not None
+        for stream in (popen.stdout, popen.stderr):
+            threading.Thread(target=runner._log_output, args=(stream,), daemon=True, name="prefab-output").start()
         runner._wait_ready()
         return runner
 
@@ -156,10 +170,19 @@ class Runner:
         raise RunnerFailed(f"import failed: {message[1:].decode(errors='replace').strip()}")
 
     def _log_output(self, stream: IO[bytes]) -> None:
+        """Each line the prefab writes becomes a log line of the running job: ``print`` at INFO
+        (``stream: stdout``), other stderr at WARNING, and its ``logging`` records as they were."""
+        name = "stdout" if stream is self.popen.stdout else "stderr"
+        own = logging.getLogger(f"prefab.{self.spec.prefab_id}")
         for line in stream:
             text = line.decode(errors="replace").rstrip()
-            if text:
-                prefab_logger.info("%s", text, extra={"job_id": self.job_id, "prefab": self.spec.key})
+            if not text:
+                continue
+            if name == "stderr" and text.startswith(LOG_RECORD_MARK):
+                _forward_record(text[len(LOG_RECORD_MARK) :], self.job_fields)
+            else:
+                level = logging.INFO if name == "stdout" else logging.WARNING
+                own.log(level, "%s", text, extra={**self.job_fields, "stream": name})
 
     def send(self, order: dict[str, Any]) -> None:
         try:
