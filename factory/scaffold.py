@@ -149,7 +149,7 @@ build-backend = "hatchling.build"
 packages = ["src"]
 
 [tool.hatch.build.targets.wheel.force-include]
-"prefab-manifest.json" = "src/prefab-manifest.json"
+"prefab-manifest.json" = "prefab-manifest.json"
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]

@@ -38,14 +38,14 @@ MAX_SOURCE_BYTES = 16 * 1024 * 1024
 BUILD_TIMEOUT_S = 600.0
 LOCK_TIMEOUT_S = 120.0
 
-# The template's packaging, for a folder that has only a manifest and src/ (no pyproject.toml).
+# The template's packaging: hatchling packs ``src`` and puts the manifest at the wheel's root.
 _PYPROJECT_TEMPLATE = """\
 [project]
 name = {name}
 version = {version}
 description = {description}
 requires-python = ">=3.11"
-dependencies = []
+dependencies = [{dependencies}]
 
 [build-system]
 requires = ["hatchling"]
@@ -55,8 +55,26 @@ build-backend = "hatchling.build"
 packages = ["src"]
 
 [tool.hatch.build.targets.wheel.force-include]
-"prefab-manifest.json" = "prefab-manifest.json"
+"prefab-manifest.json" = {manifest_target}
 """
+
+
+def template_pyproject(
+    prefab_id: str,
+    version: str,
+    *,
+    description: str = "",
+    dependencies: tuple[str, ...] = (),
+    manifest_target: str = MANIFEST_NAME,
+) -> str:
+    """A prefab's ``pyproject.toml`` as the ecosystem's template writes it."""
+    return _PYPROJECT_TEMPLATE.format(
+        name=_toml_string(prefab_id),
+        version=_toml_string(version),
+        description=_toml_string(description),
+        dependencies=", ".join(_toml_string(d) for d in dependencies),
+        manifest_target=_toml_string(manifest_target),
+    )
 
 
 class WheelBuildError(ManifestError):
@@ -189,11 +207,8 @@ def _template_copy(folder: Path, manifest: Manifest, into: Path) -> Path:
     shutil.copytree(folder / "src", source / "src", ignore=ignore)
     shutil.copy2(folder / MANIFEST_NAME, source / MANIFEST_NAME)
     (source / "src" / "__init__.py").touch(exist_ok=True)
-    text = _PYPROJECT_TEMPLATE.format(
-        name=_toml_string(manifest.id),
-        version=_toml_string(manifest.version),
-        description=_toml_string(manifest.description.splitlines()[0] if manifest.description else ""),
-    )
+    description = manifest.description.splitlines()[0] if manifest.description else ""
+    text = template_pyproject(manifest.id, manifest.version, description=description)
     (source / "pyproject.toml").write_text(text, encoding="utf-8")
     return source
 

@@ -8,14 +8,13 @@ modules); ``build`` turns it into a wheel with the factory's own builder (uv + h
 
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from factory.wheels import build_wheel, deploy_signature
+from factory.wheels import build_wheel, deploy_signature, template_pyproject
 
 
 def function(name: str, *, streaming: bool = False, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -52,25 +51,7 @@ def make_prefab(
     if execution_environment:
         manifest["execution_environment"] = execution_environment
     (folder / "prefab-manifest.json").write_text(json.dumps(manifest, indent=2))
-    deps = ", ".join(json.dumps(d) for d in dependencies)
-    (folder / "pyproject.toml").write_text(
-        f"""[project]
-name = "{prefab_id}"
-version = "{version}"
-requires-python = ">={sys.version_info.major}.{sys.version_info.minor}"
-dependencies = [{deps}]
-
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[tool.hatch.build.targets.wheel]
-packages = ["src"]
-
-[tool.hatch.build.targets.wheel.force-include]
-"prefab-manifest.json" = "prefab-manifest.json"
-"""
-    )
+    (folder / "pyproject.toml").write_text(template_pyproject(prefab_id, version, dependencies=dependencies))
     (folder / "src" / "__init__.py").write_text("")
     (folder / "src" / "main.py").write_text(main)
     for name, text in (modules or {}).items():

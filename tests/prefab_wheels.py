@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from factory.uvrun import child_environment, index_environment, run_uv
+from factory.wheels import template_pyproject
 
 MAIN_PY = '''"""A test prefab."""
 
@@ -22,24 +23,6 @@ def whoami() -> dict[str, str]:
 
     return {"helpers": helpers.NAME, "pinned_thing": pinned_thing.VERSION}
 '''
-
-PYPROJECT = """\
-[project]
-name = "{prefab_id}"
-version = "{version}"
-requires-python = ">=3.11"
-dependencies = [{dependencies}]
-
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[tool.hatch.build.targets.wheel]
-packages = ["src"]
-
-[tool.hatch.build.targets.wheel.force-include]
-"prefab-manifest.json" = "{manifest_target}"
-"""
 
 
 def manifest(prefab_id: str, version: str) -> dict[str, object]:
@@ -70,11 +53,8 @@ def write_prefab(
     (folder / "src" / "helpers.py").write_text(f"NAME = {helpers_name or prefab_id!r}\n", encoding="utf-8")
     if pyproject:
         (folder / "src" / "__init__.py").write_text("", encoding="utf-8")
-        text = PYPROJECT.format(
-            prefab_id=prefab_id,
-            version=pyproject_version or version,
-            dependencies=", ".join(f'"{d}"' for d in dependencies),
-            manifest_target=manifest_target,
+        text = template_pyproject(
+            prefab_id, pyproject_version or version, dependencies=dependencies, manifest_target=manifest_target
         )
         (folder / "pyproject.toml").write_text(text, encoding="utf-8")
     return folder

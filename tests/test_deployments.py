@@ -19,6 +19,7 @@ import pytest
 
 from factory.webhooks import SIGNATURE_HEADER, webhook_signature
 from tests.prefab_kit import build, deploy, function, make_prefab, wait_deployed
+from tests.prefab_wheels import build_package_wheels
 from tests.stack import ENV_DIR, Stack, events_url, invoke, read_events, wait_status
 from tests.webhook_receiver import webhook_receiver
 
@@ -67,19 +68,7 @@ RUNNER_FUNCTIONS = [
 
 def _pinned_thing_wheels(out: Path) -> Path:
     """Two versions of a tiny pure-Python package as wheels in a local folder (``--find-links``)."""
-    for version in ("1.0", "2.0"):
-        folder = out / f"pinned-thing-{version}"
-        (folder / "pinned_thing").mkdir(parents=True)
-        (folder / "pinned_thing" / "__init__.py").write_text(f'VERSION = "{version}"\n')
-        (folder / "pyproject.toml").write_text(
-            f'[project]\nname = "pinned-thing"\nversion = "{version}"\n\n'
-            '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
-        )
-        subprocess.run(
-            [sys.executable, "-m", "uv", "build", "--wheel", "--out-dir", str(out / "wheels"), str(folder)],
-            check=True,
-            capture_output=True,
-        )
+    build_package_wheels(out / "wheels", "pinned-thing", ("1.0", "2.0"), out)
     return out / "wheels"
 
 

@@ -5,35 +5,18 @@ found cached (a redeploy of the same wheel, or a restart: nothing is built again
 
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.context import Context
 from bench.results import Figure, ScenarioResult
-from factory.wheels import build_wheel, read_wheel
+from factory.wheels import build_wheel, read_wheel, template_pyproject
 from worker.environments import Environments, environment_key
 
 NAME = "environments"
 
 _MAIN = "def hello(name: str) -> dict:\n    return {'hello': name}\n"
-_PYPROJECT = """[project]
-name = "bench-env"
-version = "1.0.0"
-requires-python = ">={major}.{minor}"
-dependencies = []
-
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[tool.hatch.build.targets.wheel]
-packages = ["src"]
-
-[tool.hatch.build.targets.wheel.force-include]
-"prefab-manifest.json" = "prefab-manifest.json"
-"""
 
 
 def _prefab(root: Path) -> Path:
@@ -45,9 +28,7 @@ def _prefab(root: Path) -> Path:
     (folder / "prefab-manifest.json").write_text(
         json.dumps({"id": "bench-env", "version": "1.0.0", "functions": [function]})
     )
-    (folder / "pyproject.toml").write_text(
-        _PYPROJECT.format(major=sys.version_info.major, minor=sys.version_info.minor)
-    )
+    (folder / "pyproject.toml").write_text(template_pyproject("bench-env", "1.0.0"))
     return folder
 
 
