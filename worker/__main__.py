@@ -8,7 +8,7 @@ import uuid
 from factory import logs
 from factory.connections import redis_sync
 from factory.hardening import make_undumpable
-from factory.registry import register_folders
+from factory.registry import read_all, register_folders
 from factory.retention import sweep_workspaces
 from factory.settings import FACTORY_CREDENTIAL_VARS, Settings
 from factory.storage import storage_from_settings
@@ -34,6 +34,10 @@ def build_runtime(settings: Settings, name: str) -> WorkerRuntime:
     # Workspaces a killed worker left behind; each machine's workers sweep their own state_dir.
     sweep_workspaces(settings.state_dir, client, settings.retention_s)
     provisioner = Provisioner(settings, client, storage, environ)
+    # Environments no deployment uses any more (retired longer than the retention ago) leave this machine.
+    removed = provisioner.sweep_environments(list(read_all(client).values()), settings.retention_s)
+    if removed:
+        logger.info("removed %d unused prefab environments", len(removed))
     return WorkerRuntime(settings, client, provisioner, secrets, files, worker_name=name)
 
 

@@ -23,7 +23,7 @@ from factory import keys
 from factory.deployments import Deployment, DeploymentSource
 from factory.settings import Settings
 from factory.storage import Storage, StorageError
-from worker.environments import Environment, EnvironmentBuildError, Environments, environment_key
+from worker.environments import Environment, EnvironmentBuildError, Environments, environment_key, python_tag
 from worker.runners import Runner, RunnerPool, RunnerSpec
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,10 @@ class Provisioner:
         self.client = client
         self.storage = storage
         self.environ = environ
-        self.environments = Environments(settings.environments_dir(), python=settings.prefab_python or sys.executable)
+        python = settings.prefab_python or sys.executable
+        self.environments = Environments(settings.environments_dir(), python=python)
+        # Environments made from another interpreter than the factory's are keyed by that interpreter.
+        self._python_tag = python_tag() if settings.prefab_python is None else f"interpreter:{Path(python).resolve()}"
         self._deployments: dict[str, Deployment] = {}
         self._pool: RunnerPool | None = None  # made in the process that runs jobs (the horse)
         self._uid_gid = _user_ids(settings.runner_user) if os.getuid() == 0 else None
@@ -70,9 +73,9 @@ class Provisioner:
         """The deployment's environment, built here if this machine has none yet."""
         try:
             if deployment.source is DeploymentSource.FOLDER:
-                key = environment_key(deployment.sha256, deployment.locked)
+                key = self.environment_key(deployment)
                 return self.environments.ensure(key, None, deployment.locked, on_step, deployment.requirements)
-            key = environment_key(deployment.sha256, deployment.locked)
+            key = self.environment_key(deployment)
             found = self.environments.find(key)
             if found is not None:
                 on_step("cached", {"environment": key})
@@ -114,6 +117,15 @@ class Provisioner:
             user=(self.settings.runner_user or "") if self._uid_gid is not None else "",
         )
         return self._pool.get(spec)
+
+    def environment_key(self, deployment: Deployment) -> str:
+        """The key of the environment the deployment runs in (a folder's is made of its dependencies)."""
+        return environment_key(deployment.sha256, deployment.locked, python=self._python_tag)
+
+    def sweep_environments(self, deployments: list[Deployment], unused_for_s: float) -> list[str]:
+        """Remove this machine's environments that no known deployment uses and nothing used for a while."""
+        keep = {self.environment_key(d) for d in deployments}
+        return self.environments.remove_unused(keep, unused_for_s)
 
     def discard(self, runner: Runner) -> None:
         if self._pool is not None:
