@@ -9,13 +9,24 @@ STAMP_RUN := $(VENV)/.installed-prefabs
 STAMP_DEV := $(VENV)/.installed-dev
 ARGS ?=
 
-.PHONY: up test bench
+.PHONY: up test test-under-load soak bench
 
 up: $(STAMP_RUN)
 	$(BIN)/factory up $(ARGS)
 
+# The whole suite, then (unless ARGS picks tests) the fault tests again with one core taken by a
+# busy loop, so that a test that guesses timings instead of waiting on state fails here first.
 test: $(STAMP_DEV)
 	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/pytest $(ARGS)
+	$(if $(ARGS),,$(MAKE) test-under-load)
+
+test-under-load: $(STAMP_DEV)
+	taskset -c 0 sh -c 'while :; do :; done' & hog=$$!; trap 'kill $$hog' EXIT; \
+	$(BIN)/pytest tests/test_faults.py
+
+# A few minutes of hostile load on loopback; fails when memory, descriptors or Redis keys grow.
+soak: $(STAMP_DEV)
+	$(BIN)/python -m tests.soak $(ARGS)
 
 # The benchmark (docs/benchmark.md): `make bench`, or e.g. `make bench ARGS="--quick --only many-jobs"`.
 STAMP_BENCH := $(VENV)/.installed-bench
