@@ -1,4 +1,12 @@
-"""Retention for files: remove stored files and workspaces that outlived their job or upload.
+"""Retention: every Redis key written for a job ends with a TTL, and stored files and workspaces
+that outlived their job or upload are removed.
+
+Keys: the job's record, log and files hash get their TTL from the terminal append
+(``factory.eventlog``). RQ's job hash gets one from whoever ends the job: the worker when it
+releases a job it ran, :func:`end_rq_job` when a gateway cancels it or a reaper settles a lost
+one (RQ's own cancel would leave an entry in its canceled registry with no expiry, so the job is
+taken off RQ's queue here instead). ``factory:recent`` is trimmed by time and given a TTL in the
+same transaction as every write (:func:`note_recent`), so it never outgrows the retention.
 
 A job's outputs are kept while its record is (the record expires ``retention_s`` after the
 terminal event), an upload while its record is (``retention_s`` after the upload). The sweep
@@ -17,6 +25,10 @@ from pathlib import Path
 
 import orjson
 import redis
+from redis.client import Pipeline
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
+from rq.utils import now, utcformat
 
 from factory import keys
 from factory.filerefs import OUTPUTS_PREFIX, UPLOADS_PREFIX, is_hex_id
@@ -24,6 +36,31 @@ from factory.jobs import JobStatus
 from factory.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+# Ends RQ's hash of a job the factory has ended: status and end time, then the retention's TTL.
+# KEYS: RQ queue, RQ job hash. ARGV: job id, RQ status, ended_at, retention (s).
+_END_RQ_JOB_LUA = """
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'ended_at', ARGV[3])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+return 1
+"""
+
+
+def note_recent(pipe: Pipeline, job_id: str, created_ms: int, retention_s: int) -> None:
+    """Queue on ``pipe`` the job's entry in the recent list, dropping entries older than the retention."""
+    key = keys.recent_jobs_key()
+    pipe.zadd(key, {job_id: created_ms})
+    pipe.zremrangebyscore(key, "-inf", created_ms - retention_s * 1000)
+    pipe.expire(key, retention_s)
+
+
+def end_rq_job(client: redis.Redis, queue_key: str, job_id: str, status: RQStatus, retention_s: int) -> bool:
+    """Take the job off RQ's queue and let RQ's hash of it expire after the retention; False if RQ had none."""
+    script = client.register_script(_END_RQ_JOB_LUA)
+    args = [job_id, status.value, utcformat(now()), retention_s]
+    return bool(script(keys=[queue_key, Job.key_for(job_id)], args=args))
 
 
 def _without_record(client: redis.Redis, ids: list[str], record_key: Callable[[str], str]) -> list[str]:

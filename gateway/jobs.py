@@ -13,8 +13,6 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from rq import Queue
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
@@ -24,6 +22,7 @@ from factory.errors import JobNotFound, ServiceUnavailable
 from factory.eventlog import APPEND_LUA, Outcome, append_keys, parse_append, terminal_error_args
 from factory.events import CANCELED
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
+from factory.retention import end_rq_job, note_recent
 from factory.settings import Settings
 from factory.validation import validate_file_groups, validate_inputs
 
@@ -94,7 +93,7 @@ class JobService:
         with self.sync_client.pipeline() as pipe:
             pipe.multi()
             pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
-            pipe.zadd(keys.recent_jobs_key(), {record.job_id: record.created_ms})
+            note_recent(pipe, record.job_id, record.created_ms, self.settings.retention_s)
             self.queue.enqueue_call(
                 TASK,
                 args=[request.model_dump(mode="json")],
@@ -140,18 +139,9 @@ class JobService:
         return record
 
     def _unqueue(self, job_id: str) -> None:
-        """Take a canceled job off the RQ queue if it is still there.
+        """Take a canceled job off the RQ queue if it is still there, and let RQ's hash of it expire.
 
         A running job needs nothing more: its worker sees the terminal event and stops the horse
         within a second; one taken off the queue meanwhile is refused when claimed.
         """
-        try:
-            job = Job.fetch(job_id, connection=self.sync_client, serializer=JSONSerializer)
-        except NoSuchJobError:
-            return
-        if job.get_status(refresh=False) != RQStatus.QUEUED:
-            return
-        try:
-            job.cancel()  # off the queue; RQ's status says canceled
-        except InvalidJobOperation:
-            pass  # canceled already
+        end_rq_job(self.sync_client, self.queue.key, job_id, RQStatus.CANCELED, self.settings.retention_s)
