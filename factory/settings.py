@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # Hostile load: what one reader may hold, and the limits on connections and request heads.
+    reader_buffer_bytes: int = Field(default=512 * 1024, ge=1024)
+
     @field_validator("prefabs", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:

@@ -40,7 +40,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         client = redis_async(url)
         sync_client = redis_sync(url)
         catalog = Catalog.discover(settings.prefabs)
-        hub = RelayHub(client)
+        hub = RelayHub(client, buffer_bytes=settings.reader_buffer_bytes)
         await hub.start()
         storage = storage_from_settings(settings)
         state = GatewayState(

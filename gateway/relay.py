@@ -12,7 +12,13 @@ lost to a Redis restart costs latency, not data.
 Redis outages: the hub reconnects by itself (redis-py subscribes again, and every reader then
 reads the log), and a reader whose log read fails keeps its stream open, retrying with backoff,
 for up to ``ReaderLimits.outage_s`` (keep-alive comments go on meanwhile); past that its stream
-closes and the client resumes by ``Last-Event-ID``, on any gateway.
+ends cleanly with a comment saying why, and the client resumes by ``Last-Event-ID``, on any
+gateway.
+
+Memory: a reader never holds more than about ``ReaderLimits.buffer_bytes`` of events, however
+long the log or slow the client. The log is replayed a page at a time, each page's writes handed
+on (and sent, once the socket has room) before the next page is read; the channel mailbox is
+bounded in bytes, and overflowing it only sends the reader back to the log.
 
 Frames are pre-encoded bytes (``id: <seq>\\ndata: <event>\\n\\n``), packed several per write
 when a batch arrives, up to :data:`WRITE_BYTES`: every write holds whole events only and fits
@@ -39,7 +45,12 @@ from factory.events import TERMINAL_TYPES, split_batch
 logger = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 5.0
-LOG_PAGE = 500
+# The log is replayed in pages: the first of FIRST_PAGE events, the next ones sized from the events
+# seen so far to hold about ``ReaderLimits.buffer_bytes``, never more than MAX_PAGE events.
+FIRST_PAGE = 64
+MAX_PAGE = 1000
+# Live messages are handed on once this many bytes of frames have gathered (or the mailbox is empty).
+LIVE_FLUSH_BYTES = 64 * 1024
 # Frames are packed into writes of at most this many bytes (a frame never splits): below one TCP
 # segment on common networks, so a client that splits each read on newlines without buffering
 # (the seed's JavaScript client) still gets whole events, while small events share a write.
@@ -73,21 +84,36 @@ def _is_terminal(raw: bytes) -> bool:
 
 @dataclass(eq=False)
 class Subscriber:
-    """One reader's mailbox for its job's channel messages."""
+    """One reader's mailbox for its job's channel messages, bounded in bytes.
+
+    A message that would take it past ``capacity_bytes`` empties it and marks it overflowed: the
+    reader then reads the log again from its last ``seq``, a page at a time.
+    """
 
     channel: str
-    capacity: int
+    capacity_bytes: int
     messages: deque[bytes] = field(default_factory=deque)
+    size_bytes: int = 0
     overflowed: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     def deliver(self, message: bytes) -> None:
-        if len(self.messages) >= self.capacity:
-            self.messages.clear()
+        if self.size_bytes + len(message) > self.capacity_bytes:
+            self.clear()
             self.overflowed = True
         else:
             self.messages.append(message)
+            self.size_bytes += len(message)
         self.wakeup.set()
+
+    def take(self) -> bytes:
+        message = self.messages.popleft()
+        self.size_bytes -= len(message)
+        return message
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.size_bytes = 0
 
     def resync(self) -> None:
         self.overflowed = True
@@ -97,12 +123,12 @@ class Subscriber:
 class RelayHub:
     """Owns the gateway's pub/sub connection and routes channel messages to subscribers."""
 
-    def __init__(self, client: aioredis.Redis, *, buffer_messages: int = 1000) -> None:
+    def __init__(self, client: aioredis.Redis, *, buffer_bytes: int = 512 * 1024) -> None:
         self._client = client
         self._pubsub = client.pubsub(ignore_subscribe_messages=False)
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
-        self._buffer = buffer_messages
+        self._buffer = buffer_bytes
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._has_channels = asyncio.Event()
@@ -220,6 +246,11 @@ class ReaderLimits:
     poll_s: float
     idle_timeout_s: float
     outage_s: float = 30.0
+    buffer_bytes: int = 512 * 1024  # the most a reader holds: a log page, or its channel mailbox
+
+
+class StoreUnreachable(Exception):
+    """Redis stayed unreachable for longer than the reader's ``outage_s``."""
 
 
 class EventStream:
@@ -235,9 +266,13 @@ class EventStream:
         self.closing = False  # set on gateway shutdown: end without the terminal event
 
     async def frames(self, subscriber: Subscriber) -> AsyncGenerator[bytes, None]:
-        """Yield writes of whole SSE frames until the terminal event; then stop."""
+        """Yield writes of whole SSE frames until the terminal event; then stop.
+
+        Nothing is read ahead of the client: each write is handed on (and, under uvicorn, sent
+        once the socket has room) before the next page of the log is read.
+        """
         try:
-            for write in pack_writes(await self._from_log()):
+            async for write in self._replay():
                 yield write
             idle_s = 0.0
             while not self.finished and not self.closing:
@@ -254,66 +289,79 @@ class EventStream:
                     return
                 if subscriber.overflowed:
                     subscriber.overflowed = False
-                    subscriber.messages.clear()
-                    frames = await self._from_log()
+                    subscriber.clear()
+                    source = self._replay()
                 else:
-                    frames = await self._from_messages(subscriber)
-                if frames:
+                    source = self._live(subscriber)
+                async for write in source:
                     idle_s = 0.0
-                for write in pack_writes(frames):
                     yield write
+        except StoreUnreachable as exc:
+            logger.warning("closing a reader: %s; it resumes by Last-Event-ID", exc, extra={"job_id": self.job_id})
+            yield b": the event store is unreachable; reconnect with Last-Event-ID\n\n"
         finally:
             await self.hub.unsubscribe(subscriber)
 
-    async def _from_log(self) -> list[bytes]:
-        """Everything in the log after ``last_seq``, as frames; rides out a Redis outage up to ``outage_s``."""
+    async def _replay(self) -> AsyncGenerator[bytes, None]:
+        """The log after ``last_seq``, a page at a time, each page sized to ``buffer_bytes``."""
+        page = FIRST_PAGE
+        while not self.finished:
+            start = self.last_seq
+            entries = await self._read_page(start, page)
+            if not entries:
+                return
+            for write in pack_writes(self._frames(start + 1, entries)):
+                yield write
+            if len(entries) < page:
+                return
+            mean_bytes = max(1, sum(len(entry) for entry in entries) // len(entries))
+            page = max(1, min(MAX_PAGE, self.limits.buffer_bytes // mean_bytes))
+
+    async def _read_page(self, start: int, count: int) -> list[bytes]:
+        """``count`` entries of the log from index ``start``; rides out a Redis outage up to ``outage_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.outage_s
         delay_s = 0.1
         while True:
             try:
-                return await self._read_log()
+                entries: list[bytes] = await self.client.lrange(  # type: ignore[assignment]
+                    keys.events_key(self.job_id), start, start + count - 1
+                )
+                return entries
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if loop.time() + delay_s > deadline:
-                    raise
+                    raise StoreUnreachable(f"Redis unreachable for {self.limits.outage_s:g} s ({exc})") from exc
                 logger.warning(
                     "cannot read the log (%s); retrying in %.1f s", exc, delay_s, extra={"job_id": self.job_id}
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
 
-    async def _read_log(self) -> list[bytes]:
-        """Everything in the log after ``last_seq``, as frames (read a page at a time)."""
-        parts: list[bytes] = []
-        while not self.finished:
-            start = self.last_seq
-            try:
-                entries: list[bytes] = await self.client.lrange(  # type: ignore[assignment]
-                    keys.events_key(self.job_id), start, start + LOG_PAGE - 1
-                )
-            except (RedisError, OSError):
-                if parts:
-                    break  # hand out what was read (``last_seq`` moved past it); the next read fails again
-                raise
-            if not entries:
-                break
-            parts.extend(self._frames(start + 1, entries))
-            if len(entries) < LOG_PAGE:
-                break
-        return parts
-
-    async def _from_messages(self, subscriber: Subscriber) -> list[bytes]:
-        parts: list[bytes] = []
+    async def _live(self, subscriber: Subscriber) -> AsyncGenerator[bytes, None]:
+        """The mailbox's messages as writes; a gap (a lost message) reads the log instead."""
+        frames: list[bytes] = []
+        pending_bytes = 0
         while subscriber.messages and not self.finished:
-            first_seq, events = split_batch(subscriber.messages.popleft())
+            first_seq, events = split_batch(subscriber.take())
             skip = self.last_seq + 1 - first_seq
             if skip < 0:  # a gap: the messages in between went missing, the log has them
-                subscriber.messages.clear()
-                parts.extend(await self._from_log())
-                break
+                subscriber.clear()
+                for write in pack_writes(frames):
+                    yield write
+                frames = []
+                async for write in self._replay():
+                    yield write
+                return
             if skip < len(events):
-                parts.extend(self._frames(first_seq + skip, events[skip:]))
-        return parts
+                new = self._frames(first_seq + skip, events[skip:])
+                frames.extend(new)
+                pending_bytes += sum(len(frame) for frame in new)
+            if pending_bytes >= LIVE_FLUSH_BYTES:
+                for write in pack_writes(frames):
+                    yield write
+                frames, pending_bytes = [], 0
+        for write in pack_writes(frames):
+            yield write
 
     def _frames(self, first_seq: int, events: list[bytes]) -> list[bytes]:
         out: list[bytes] = []

@@ -47,7 +47,10 @@ async def open_stream(
         check_capacity(state, job_id)
     subscriber = await state.hub.subscribe(job_id)
     limits = ReaderLimits(
-        poll_s=settings.keepalive_s, idle_timeout_s=settings.idle_reader_timeout_s, outage_s=settings.redis_outage_s
+        poll_s=settings.keepalive_s,
+        idle_timeout_s=settings.idle_reader_timeout_s,
+        outage_s=settings.redis_outage_s,
+        buffer_bytes=settings.reader_buffer_bytes,
     )
     stream = EventStream(state.redis, state.hub, job_id, last_seq, limits)
     shutdown = anyio.Event()

@@ -49,6 +49,7 @@ def test_retention_ends_an_ended_job_only(settings: Settings) -> None:
     with TestClient(create_app(settings.model_copy(update={"retention_s": 3}))) as client:
         ended = client.post("/invoke", json=GOOD).json()["job_id"]
         waiting = client.post("/invoke", json=GOOD).json()["job_id"]
+        assert [job["job_id"] for job in client.get("/jobs").json()["jobs"]] == [waiting, ended]
         assert client.post(f"/jobs/{ended}/cancel").json()["status"] == "canceled"
         ended_at = time.monotonic()
         assert client.get(f"/jobs/{ended}/events").status_code == 200  # the log is replayable until retention ends
@@ -57,7 +58,8 @@ def test_retention_ends_an_ended_job_only(settings: Settings) -> None:
         assert_error(client.get(f"/jobs/{ended}"), 404, "NOT_FOUND")
         assert_error(client.get(f"/jobs/{ended}/events"), 404, "NOT_FOUND")
         assert client.get(f"/jobs/{waiting}").json()["status"] == "queued"  # a job not ended is kept
-        assert [job["job_id"] for job in client.get("/jobs").json()["jobs"]] == [waiting]
+        # GET /jobs lists the jobs created within the retention: the ended one has left it.
+        assert ended not in [job["job_id"] for job in client.get("/jobs").json()["jobs"]]
 
 
 @pytest.mark.e2e
