@@ -80,6 +80,12 @@ class Settings(BaseSettings):
 
     # Hostile load: what one reader may hold, and the limits on connections and request heads.
     reader_buffer_bytes: int = Field(default=512 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_timeout_s: float = Field(default=65.0, gt=0)
+    max_connections: int = 0  # 0: as many as the open-file limit allows, descriptors kept in reserve
+    max_connections_per_client: int = 2000  # 0: no limit per client address (behind a reverse proxy)
 
     @field_validator("prefabs", mode="before")
     @classmethod
