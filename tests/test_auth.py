@@ -157,6 +157,8 @@ def test_a_token_opens_nothing_but_reading_its_job(client: TestClient) -> None:
     [
         lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # signature
         lambda t: t.replace(".", ".9", 1),  # expiry pushed out
+        lambda t: t.replace(".", ".0", 1),  # the same expiry spelled with a leading zero
+        lambda t: t.replace(".", ".00", 1),
         lambda t: "f" * 32 + t[32:],  # another job id with this signature
         lambda t: t + ".x",
         lambda t: "",
@@ -297,3 +299,5 @@ def test_browser_follows_its_job_with_the_token_only(make_stack: Stack) -> None:
         assert seed.status_code == 200 and seed.headers["X-Job-Token"]
         assert [e.type for e in parse_frames(seed.iter_lines())][-1] == "done"
     assert httpx.get(f"{gateway.url}/jobs/{accepted['job_id']}").status_code == 401
+    gateway.wait_for_log("token=[redacted]")  # the access log line of the EventSource request
+    assert accepted["token"] not in gateway.log()
