@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(default=65.0, gt=0)
     max_connections: int = 0  # 0: as many as the open-file limit allows, descriptors kept in reserve
     max_connections_per_client: int = 2000  # 0: no limit per client address (behind a reverse proxy)
+    reader_send_timeout_s: float = Field(default=60.0, gt=0)  # a reader slower than this for one write is cut
 
     @field_validator("prefabs", mode="before")
     @classmethod

@@ -186,6 +186,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # Lets a response drop a connection it cannot end (``gateway.streaming``: a reader that never drains).
+        self.scope["extensions"] = {"gateway.abort": {"abort": self.transport.abort}}
         self._header_count = 0
         if not self._reading_head:  # the next request on a kept-alive connection
             self._reading_head = True
