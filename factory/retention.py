@@ -13,11 +13,13 @@ terminal event), an upload while its record is (``retention_s`` after the upload
 asks Redis about each stored group and deletes the ones whose record is gone. A record is
 written before the first byte of its files is stored, so a sweep never takes files in flight.
 
-Workspaces are removed by the worker when each job ends; the sweep only catches the ones a
-killed worker process left behind: older than the retention and with no job still running.
+Workspaces are removed by the worker when each job ends; the sweep catches the ones a killed
+worker or work horse left behind, once their job no longer runs (or their horse is gone): a
+worker sweeps when it starts, each gateway every ``FACTORY_SWEEP_INTERVAL_S``.
 """
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,6 +38,11 @@ from factory.jobs import JobStatus
 from factory.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+# A workspace is left alone this long after its last change (its worker may be done with it just now).
+WORKSPACE_GRACE_S = 10.0
+# A work horse's spare workspace is ``.spare-<pid>`` (``worker.workspace.spare_workspace``).
+SPARE_PREFIX = ".spare-"
 
 # Ends RQ's hash of a job the factory has ended: status and end time, then the retention's TTL.
 # KEYS: RQ queue, RQ job hash. ARGV: job id, RQ status, ended_at, retention (s).
@@ -91,23 +98,51 @@ def _job_running(client: redis.Redis, job_id: str) -> bool:
     return not JobStatus(orjson.loads(raw)).is_final
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _abandoned(client: redis.Redis, path: Path, mtime: float, now: float, retention_s: float) -> bool:
+    """Whether a workspace under ``work/`` belongs to nothing alive any more."""
+    name = path.name
+    if now - mtime < WORKSPACE_GRACE_S:
+        return False  # its worker may be removing (or renaming) it right now
+    if name.startswith(SPARE_PREFIX):
+        pid = name.removeprefix(SPARE_PREFIX)
+        return not (pid.isdigit() and _pid_alive(int(pid)))
+    if is_hex_id(name):
+        return not _job_running(client, name)
+    return mtime < now - retention_s
+
+
 def sweep_workspaces(state_dir: Path, client: redis.Redis, retention_s: float) -> int:
-    """Remove workspaces under ``state_dir/work`` older than the retention whose job is not running."""
+    """Remove the workspaces under ``state_dir/work`` that nothing uses any more; return how many.
+
+    A job's workspace goes once its job is no longer running (ended, or its record gone), a work
+    horse's spare once that horse is gone; each only after :data:`WORKSPACE_GRACE_S` untouched,
+    so a worker finishing with one is never raced. Anything else there goes after the retention.
+    """
     root = state_dir / "work"
     if not root.is_dir():
         return 0
-    cutoff = time.time() - retention_s
+    now = time.time()
     removed = 0
     for path in root.iterdir():
         try:
-            stale = path.lstat().st_mtime < cutoff
+            mtime = path.lstat().st_mtime
         except FileNotFoundError:
             continue
-        if stale and not _job_running(client, path.name):
+        if _abandoned(client, path, mtime, now, retention_s):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     if removed:
-        logger.info("retention sweep removed %d stale workspace(s)", removed)
+        logger.info("retention sweep removed %d abandoned workspace(s)", removed)
     return removed
 
 
