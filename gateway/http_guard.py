@@ -107,7 +107,7 @@ class ConnectionGuard:
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY_S:
             logger.warning(
-                "refusing connections: %s (limit %d, %d per client); %d refused since the last report",
+                "refused a connection: %s (limits: %d connections, %d per client); %d refused since the last report",
                 why,
                 self.max_connections,
                 self.max_per_client,
