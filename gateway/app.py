@@ -26,7 +26,7 @@ from gateway.files import FileService
 from gateway.housekeeping import reap_forever, sweep_forever
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
-from gateway.relay import RelayHub
+from gateway.relay_hub import RelayHub
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, GatewayState]]]
 

@@ -12,7 +12,7 @@ from gateway.auth import Authenticator
 from gateway.files import FileService
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
-from gateway.relay import RelayHub
+from gateway.relay_hub import RelayHub
 
 
 @dataclass

@@ -22,7 +22,8 @@ from starlette.types import Receive, Scope, Send
 
 from factory.errors import ServiceUnavailable
 from gateway.deps import GatewayState
-from gateway.relay import EventStream, ReaderLimits, Subscriber
+from gateway.relay import EventStream, ReaderLimits
+from gateway.relay_hub import Subscriber
 
 # Tell EventSource clients how soon to reconnect after a drop (milliseconds).
 RETRY_MS = 1000
