@@ -33,7 +33,7 @@ def main() -> None:
         http=protocol_for(guard),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         # Longer than clients keep idle connections, so a request never races the server's close.
-        timeout_keep_alive=int(settings.keepalive_timeout_s),
+        timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
         lifespan="on",
     )
 

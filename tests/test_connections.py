@@ -78,7 +78,10 @@ def test_request_heads_are_bounded_before_auth(make_stack: Stack) -> None:
 
 @pytest.mark.e2e
 def test_slow_and_silent_connections_are_closed(make_stack: Stack) -> None:
-    gateway = make_stack.start_gateway(FACTORY_HEADER_TIMEOUT_S="1")
+    gateway = make_stack.start_gateway(FACTORY_HEADER_TIMEOUT_S="1", FACTORY_KEEPALIVE_TIMEOUT_S="1")
+    with connect(gateway) as idle:  # a kept-alive connection with no next request
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer(idle).startswith(b"HTTP/1.1 200 ")  # the answer, then the close once idle
     with connect(gateway) as silent, connect(gateway) as slowloris:
         slowloris.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         deadline = time.monotonic() + 30
