@@ -7,8 +7,9 @@ connection that sends nothing or sends its head byte by byte, and its ``limit_co
 - a limit on the bytes of a request head and on its header count (``431``, then closed), checked
   as the bytes arrive, before any route or auth runs;
 - a head-read timeout: a connection whose head is not complete that long after it opened (or after
-  the first byte of its next request) gets ``408`` and is closed; idle keep-alive connections are
-  closed by uvicorn's own ``timeout_keep_alive``;
+  the first byte of its next request) gets ``408`` and is closed, and one whose request body stops
+  coming for as long is closed (unless the app is the one not reading it); idle keep-alive
+  connections are closed by uvicorn's own ``timeout_keep_alive``;
 - connection limits (:class:`ConnectionGuard`): past ``max_connections`` in all, or
   ``max_per_client`` from one address, a connection is still served ``/healthz`` and ``/readyz``
   but any other request gets the documented ``503`` with ``Retry-After``; past that band of
@@ -21,6 +22,7 @@ import asyncio
 import logging
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,6 +221,15 @@ class GuardedProtocol(HttpToolsProtocol):
                     raise_=True,
                 )
         super().on_headers_complete()
+        self._arm_timer(self._body_stalled)  # disarmed when the body is complete (at once when there is none)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._arm_timer(self._body_stalled)
+
+    def on_message_complete(self) -> None:
+        self._disarm_head_timer()
+        super().on_message_complete()
 
     def _refuse(self, status: bytes, message: str, *extra: bytes, raise_: bool = False) -> None:
         """Answer ``status`` and close; inside a parser callback, also stop the parser."""
@@ -232,8 +243,11 @@ class GuardedProtocol(HttpToolsProtocol):
             raise _Refused(message)
 
     def _arm_head_timer(self) -> None:
+        self._arm_timer(self._head_timed_out)
+
+    def _arm_timer(self, callback: Callable[[], None]) -> None:
         self._disarm_head_timer()
-        self._head_timer = self.loop.call_later(self.guard.head.timeout_s, self._head_timed_out)
+        self._head_timer = self.loop.call_later(self.guard.head.timeout_s, callback)
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -245,6 +259,17 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._reading_head and not self.transport.is_closing():
             self.guard.refused(f"a request head took over {self.guard.head.timeout_s:g} s")
             self._refuse(b"408 Request Timeout", "the request head took too long")
+
+    def _body_stalled(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the app is not taking the body: the wait is ours, not the client's
+            self._arm_timer(self._body_stalled)
+            return
+        self.guard.refused(f"no byte of a request body for {self.guard.head.timeout_s:g} s")
+        self._closed_by_guard = True
+        self.transport.close()
 
 
 def protocol_for(guard: ConnectionGuard) -> type[GuardedProtocol]:

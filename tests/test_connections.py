@@ -93,7 +93,12 @@ def test_slow_and_silent_connections_are_closed(make_stack: Stack) -> None:
             pass
         assert time.monotonic() < deadline, "a head sent byte by byte kept its connection"
         assert answer(silent).startswith(b"HTTP/1.1 408 ")  # nothing sent at all: closed as well
+    with connect(gateway) as half_body:  # a body that stops coming
+        half_body.sendall(b"POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        half_body.sendall(b'Content-Length: 1000\r\n\r\n{"function_name": ')
+        assert answer(half_body) == b""  # closed (a socket left open would time out here instead)
     assert "request head took over" in gateway.log()
+    assert "Traceback" not in gateway.log()
 
 
 @pytest.mark.e2e
