@@ -9,13 +9,24 @@ STAMP_RUN := $(VENV)/.installed-prefabs
 STAMP_DEV := $(VENV)/.installed-dev
 ARGS ?=
 
-.PHONY: up test bench browser
+.PHONY: up test test-under-load soak bench browser
 
 up: $(STAMP_RUN)
 	$(BIN)/factory up $(ARGS)
 
+# The whole suite, then (unless ARGS picks tests) the fault tests again with one core taken by a
+# busy loop, so that a test that guesses timings instead of waiting on state fails here first.
 test: $(STAMP_DEV) browser
 	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/pytest $(ARGS)
+	$(if $(ARGS),,$(MAKE) test-under-load)
+
+test-under-load: $(STAMP_DEV)
+	taskset -c 0 sh -c 'while :; do :; done' & hog=$$!; trap 'kill $$hog' EXIT; \
+	$(BIN)/pytest tests/test_faults.py
+
+# A few minutes of hostile load on loopback; fails when memory, descriptors or Redis keys grow.
+soak: $(STAMP_DEV)
+	$(BIN)/python -m tests.soak $(ARGS)
 
 # The console tests (tests/test_console.py) drive Debian's chromium through Playwright; no browser is
 # ever downloaded. Installed here when missing and possible (root with apt-get); where it cannot be

@@ -31,6 +31,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from factory.orphans import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -254,6 +256,7 @@ class EmbeddedRedis:
             stderr=subprocess.STDOUT,
             cwd=self.data_dir,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # never outlives the process that started it, even SIGKILLed
         )
         try:
             self._wait_ready()

@@ -13,6 +13,7 @@ from rq.serializers import JSONSerializer
 from factory import keys
 from factory.errors import ServiceUnavailable
 from factory.jobs import InvocationRequest, JobRecord
+from factory.retention import note_recent
 from factory.settings import Settings
 
 TASK = "worker.tasks.run_invocation"
@@ -41,7 +42,7 @@ def enqueue(client: redis.Redis, settings: Settings, record: JobRecord, request:
         pipe.multi()
         pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
         if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
-            pipe.zadd(keys.recent_jobs_key(), {record.job_id: record.created_ms})
+            note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
         queue.enqueue_call(
             TASK,
             args=[request.model_dump(mode="json")],

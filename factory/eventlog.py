@@ -6,7 +6,9 @@ and then reads the log sees every event either in the log or on the channel, and
 overlap by ``seq``. The script also enforces the terminal rule for every writer (worker,
 gateway cancel, lost-job reaper): once a terminal event is in the log nothing more is
 appended, so a stream has exactly one. A batch id makes a retried append idempotent (a reply
-lost to a dropped connection).
+lost to a dropped connection). The event limit is exact: a batch that crosses it appends the
+events up to the limit and answers ``LIMIT_REACHED``, so the writer's ``EVENT_LIMIT_EXCEEDED``
+is event *limit + 1* however the events were batched.
 
 Executions and fencing: each run of a job (an *attempt*) gets a random execution token when a
 worker claims it (CLAIM, which also registers its heartbeat in ``keys.running_jobs_key()`` and
@@ -41,14 +43,29 @@ local batch_id, max_events, retention_s = ARGV[1], tonumber(ARGV[2]), tonumber(A
 local mode, token, n_fields = ARGV[4], ARGV[5], tonumber(ARGV[6])
 if redis.call('EXISTS', job) == 0 then return {-3, 0} end
 if redis.call('HEXISTS', job, 'terminal') == 1 then return {-1, redis.call('LLEN', log)} end
-if batch_id ~= '' and redis.call('HGET', job, 'batch') == batch_id then
-  return {0, redis.call('LLEN', log)}
-end
+local seen = redis.call('HGET', job, 'batch')
+if batch_id ~= '' and seen == batch_id then return {0, redis.call('LLEN', log)} end
+if batch_id ~= '' and seen == batch_id .. ':limit' then return {-2, redis.call('LLEN', log)} end
 if token ~= '' and redis.call('HGET', job, 'execution') ~= token then return {-4, redis.call('LLEN', log)} end
 local first_event = 7 + n_fields
 local n = #ARGV - first_event + 1
 local length = redis.call('LLEN', log)
-if max_events > 0 and mode == 'event' and length + n > max_events then return {-2, length} end
+-- The limit counts the job's own events; a terminal or retry event closing the batch is past it.
+local own = n
+if mode ~= 'event' then own = n - 1 end
+if max_events > 0 and length + own > max_events then
+  -- Keep the events that fit, exactly up to the limit; the caller then ends the job.
+  local fit = max_events - length
+  if fit > 0 then
+    local kept = {}
+    for i = first_event, first_event + fit - 1 do kept[#kept + 1] = ARGV[i] end
+    local last = redis.call('RPUSH', log, unpack(kept))
+    redis.call('PUBLISH', channel, (last - fit + 1) .. '\\n' .. table.concat(kept, '\\n'))
+    length = last
+  end
+  if batch_id ~= '' then redis.call('HSET', job, 'batch', batch_id .. ':limit') end
+  return {-2, length}
+end
 local events = {}
 for i = first_event, #ARGV do events[#events + 1] = ARGV[i] end
 local last = redis.call('RPUSH', log, unpack(events))

@@ -52,6 +52,7 @@ from factory.eventlog import (
 )
 from factory.events import WORKER_LOST
 from factory.jobs import InvocationRequest, now_ms
+from factory.retention import end_rq_job
 from factory.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,11 @@ def settle(
         return Settled.RETRIED if requeue(client, job_id) else Settled.GONE
     args = terminal_error_args(code, message, retention_s=settings.retention_s, token=token)
     result = parse_append(script(keys=append_keys(job_id), args=args))
-    return Settled.FAILED if result.outcome is Outcome.APPENDED else Settled.ENDED
+    if result.outcome is not Outcome.APPENDED:
+        return Settled.ENDED
+    # The worker that would have closed RQ's hash is gone: close it here, or it never expires.
+    end_rq_job(client, job_id, JobStatus.FAILED, settings.retention_s)
+    return Settled.FAILED
 
 
 def max_attempts(client: redis.Redis, job_id: str) -> int:

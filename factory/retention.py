@@ -1,15 +1,25 @@
-"""Retention for files: remove stored files and workspaces that outlived their job or upload.
+"""Retention: every Redis key written for a job ends with a TTL, and stored files and workspaces
+that outlived their job or upload are removed.
+
+Keys: the job's record, log and files hash get their TTL from the terminal append
+(``factory.eventlog``). RQ's job hash gets one from whoever ends the job: the worker when it
+releases a job it ran, :func:`end_rq_job` when a gateway cancels it or a reaper settles a lost
+one (RQ's own cancel would leave an entry in its canceled registry with no expiry, so the job is
+taken off RQ's queue here instead). ``factory:recent`` is trimmed by time and given a TTL in the
+same transaction as every write (:func:`note_recent`), so it never outgrows the retention.
 
 A job's outputs are kept while its record is (the record expires ``retention_s`` after the
 terminal event), an upload while its record is (``retention_s`` after the upload). The sweep
 asks Redis about each stored group and deletes the ones whose record is gone. A record is
 written before the first byte of its files is stored, so a sweep never takes files in flight.
 
-Workspaces are removed by the worker when each job ends; the sweep only catches the ones a
-killed worker process left behind: older than the retention and with no job still running.
+Workspaces are removed by the worker when each job ends; the sweep catches the ones a killed
+worker or work horse left behind, once their job no longer runs (or their horse is gone): a
+worker sweeps when it starts, each gateway every ``FACTORY_SWEEP_INTERVAL_S``.
 """
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -17,6 +27,11 @@ from pathlib import Path
 
 import orjson
 import redis
+from redis.client import Pipeline
+from rq import Queue
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
+from rq.utils import now, utcformat
 
 from factory import keys
 from factory.filerefs import OUTPUTS_PREFIX, UPLOADS_PREFIX, is_hex_id
@@ -24,6 +39,39 @@ from factory.jobs import JobStatus
 from factory.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+# A workspace is left alone this long after its last change (its worker may be done with it just now).
+WORKSPACE_GRACE_S = 10.0
+# A work horse's spare workspace is ``.spare-<pid>`` (``worker.workspace.spare_workspace``).
+SPARE_PREFIX = ".spare-"
+
+# Ends RQ's hash of a job the factory has ended: status and end time, then the retention's TTL.
+# KEYS: RQ queue, RQ job hash. ARGV: job id, RQ status, ended_at, retention (s).
+# KEYS: RQ's job hash. ARGV: job id, status, end time, retention, RQ's queue key prefix. The job's
+# queue is the one its hash names (``origin``: its prefab's, or the deployments').
+_END_RQ_JOB_LUA = """
+local origin = redis.call('HGET', KEYS[1], 'origin')
+if not origin then return 0 end
+redis.call('LREM', ARGV[5] .. origin, 0, ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'ended_at', ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+"""
+
+
+def note_recent(pipe: Pipeline, job_id: str, created_ms: int, retention_s: int) -> None:
+    """Queue on ``pipe`` the job's entry in the recent list, dropping entries older than the retention."""
+    key = keys.recent_jobs_key()
+    pipe.zadd(key, {job_id: created_ms})
+    pipe.zremrangebyscore(key, "-inf", created_ms - retention_s * 1000)
+    pipe.expire(key, retention_s)
+
+
+def end_rq_job(client: redis.Redis, job_id: str, status: RQStatus, retention_s: int) -> bool:
+    """Take the job off its RQ queue and let RQ's hash of it expire after the retention; False if RQ had none."""
+    script = client.register_script(_END_RQ_JOB_LUA)
+    args = [job_id, status.value, utcformat(now()), retention_s, Queue.redis_queue_namespace_prefix]
+    return bool(script(keys=[Job.key_for(job_id)], args=args))
 
 
 def _without_record(client: redis.Redis, ids: list[str], record_key: Callable[[str], str]) -> list[str]:
@@ -54,23 +102,51 @@ def _job_running(client: redis.Redis, job_id: str) -> bool:
     return not JobStatus(orjson.loads(raw)).is_final
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _abandoned(client: redis.Redis, path: Path, mtime: float, now: float, retention_s: float) -> bool:
+    """Whether a workspace under ``work/`` belongs to nothing alive any more."""
+    name = path.name
+    if now - mtime < WORKSPACE_GRACE_S:
+        return False  # its worker may be removing (or renaming) it right now
+    if name.startswith(SPARE_PREFIX):
+        pid = name.removeprefix(SPARE_PREFIX)
+        return not (pid.isdigit() and _pid_alive(int(pid)))
+    if is_hex_id(name):
+        return not _job_running(client, name)
+    return mtime < now - retention_s
+
+
 def sweep_workspaces(state_dir: Path, client: redis.Redis, retention_s: float) -> int:
-    """Remove workspaces under ``state_dir/work`` older than the retention whose job is not running."""
+    """Remove the workspaces under ``state_dir/work`` that nothing uses any more; return how many.
+
+    A job's workspace goes once its job is no longer running (ended, or its record gone), a work
+    horse's spare once that horse is gone; each only after :data:`WORKSPACE_GRACE_S` untouched,
+    so a worker finishing with one is never raced. Anything else there goes after the retention.
+    """
     root = state_dir / "work"
     if not root.is_dir():
         return 0
-    cutoff = time.time() - retention_s
+    now = time.time()
     removed = 0
     for path in root.iterdir():
         try:
-            stale = path.lstat().st_mtime < cutoff
+            mtime = path.lstat().st_mtime
         except FileNotFoundError:
             continue
-        if stale and not _job_running(client, path.name):
+        if _abandoned(client, path, mtime, now, retention_s):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     if removed:
-        logger.info("retention sweep removed %d stale workspace(s)", removed)
+        logger.info("retention sweep removed %d abandoned workspace(s)", removed)
     return removed
 
 

@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     signed_url_ttl_s: int = Field(default=3600, ge=1)
     # The gateway the CLI's client commands talk to (FACTORY_URL); unset: the one `factory up` recorded.
     url: str | None = None
+    # Hostile load: what one reader may hold, and the limits on connections and request heads.
+    reader_buffer_bytes: int = Field(default=512 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_timeout_s: float = Field(default=65.0, gt=0)
+    max_connections: int = 0  # 0: as many as the open-file limit allows, descriptors kept in reserve
+    max_connections_per_client: int = 2000  # 0: no limit per client address (behind a reverse proxy)
+    reader_send_timeout_s: float = Field(default=60.0, gt=0)  # a reader slower than this for one write is cut
 
     @field_validator("prefabs", mode="before")
     @classmethod

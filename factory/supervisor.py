@@ -9,6 +9,8 @@ then stops things in order (gateway and workers with SIGTERM, so a worker's grac
 or hand back the running job, then Redis last). A second Ctrl-C skips the grace period. A child
 still alive after ``shutdown_grace_s + 5`` s is killed with its process group and every
 descendant seen, which catches the workers' work horses (each in a process group of its own).
+A supervisor killed outright (``kill -9``) takes its children with it: each is started with
+``factory.orphans.die_with_parent`` and gets SIGTERM when the supervisor dies.
 
 A child that exits while the factory is up is restarted with exponential backoff; a gateway
 that keeps failing right after its start (a port already taken, a bad setting) stops the whole
@@ -26,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 
 from factory.embedded_redis import EmbeddedRedis, state_password
+from factory.orphans import die_with_parent
 from factory.settings import Settings, child_environ
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,13 @@ class Child:
     known_descendants: dict[int, int] = field(default_factory=dict)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # a SIGKILLed supervisor leaves no child running
+        )
         self.started_at = time.monotonic()
         self.restart_at = None
         logger.info("started %s (pid %d)", self.name, self.process.pid)

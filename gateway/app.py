@@ -33,7 +33,7 @@ from gateway.files import FileService
 from gateway.housekeeping import reap_forever, sweep_forever
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
-from gateway.relay import RelayHub
+from gateway.relay_hub import RelayHub
 from gateway.v1.deps import open_ecosystem
 from gateway.v1.router import ecosystem_router
 
@@ -67,7 +67,11 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         with suppress(RedisError, OSError):  # else on the first call, once Redis answers
             await catalog.refresh()
         metrics = GatewayMetrics()
-        hub = RelayHub(client, on_redis_error=metrics.redis_errors.labels(where="relay").inc)
+        hub = RelayHub(
+            client,
+            buffer_bytes=settings.reader_buffer_bytes,
+            on_redis_error=metrics.redis_errors.labels(where="relay").inc,
+        )
         await hub.start()
         storage = storage_from_settings(settings)
         files = FileService(settings, client, storage)

@@ -83,6 +83,8 @@ class TokenSigner:
         if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 12):
             raise Unauthenticated("invalid credentials")
         job_id, expires, signature = parts
+        if expires != str(int(expires)):  # one spelling per token: no leading zeros
+            raise Unauthenticated("invalid credentials")
         expected = self._signature(job_id, int(expires))
         if not hmac.compare_digest(_digest(signature), _digest(expected)):
             raise Unauthenticated("invalid credentials")

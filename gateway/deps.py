@@ -13,7 +13,7 @@ from gateway.catalog import CatalogView
 from gateway.files import FileService
 from gateway.jobs import JobService
 from gateway.metrics import GatewayMetrics
-from gateway.relay import RelayHub
+from gateway.relay_hub import RelayHub
 
 
 @dataclass

@@ -12,10 +12,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job
 from rq.job import JobStatus as RQStatus
-from rq.serializers import JSONSerializer
 
 from factory import keys
 from factory.deployed import Target
@@ -24,6 +21,7 @@ from factory.errors import JobNotFound
 from factory.eventlog import APPEND_LUA, Outcome, append_keys, parse_append, terminal_error_args
 from factory.events import CANCELED
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
+from factory.retention import end_rq_job
 from factory.settings import Settings
 from factory.validation import validate_file_groups, validate_inputs
 from gateway.catalog import CatalogView
@@ -165,18 +163,9 @@ class JobService:
         return record
 
     def _unqueue(self, job_id: str) -> None:
-        """Take a canceled job off the RQ queue if it is still there.
+        """Take a canceled job off the RQ queue if it is still there, and let RQ's hash of it expire.
 
         A running job needs nothing more: its worker sees the terminal event and stops the horse
         within a second; one taken off the queue meanwhile is refused when claimed.
         """
-        try:
-            job = Job.fetch(job_id, connection=self.sync_client, serializer=JSONSerializer)
-        except NoSuchJobError:
-            return
-        if job.get_status(refresh=False) != RQStatus.QUEUED:
-            return
-        try:
-            job.cancel()  # off the queue; RQ's status says canceled
-        except InvalidJobOperation:
-            pass  # canceled already
+        end_rq_job(self.sync_client, job_id, RQStatus.CANCELED, self.settings.retention_s)

@@ -1,5 +1,5 @@
-"""The relay: one Redis pub/sub connection per gateway carries every job channel it serves,
-and each SSE reader replays the job's log and then follows the channel.
+"""The relay: each SSE reader replays the job's log and then follows the job's channel, through
+the gateway's one pub/sub connection (``gateway.relay_hub``).
 
 Exactly-once, in order, with no gap: a reader subscribes and waits for Redis to confirm
 before it reads the log, so every event is in the log it reads or arrives on the channel
@@ -12,7 +12,13 @@ lost to a Redis restart costs latency, not data.
 Redis outages: the hub reconnects by itself (redis-py subscribes again, and every reader then
 reads the log), and a reader whose log read fails keeps its stream open, retrying with backoff,
 for up to ``ReaderLimits.outage_s`` (keep-alive comments go on meanwhile); past that its stream
-closes and the client resumes by ``Last-Event-ID``, on any gateway.
+ends cleanly with a comment saying why, and the client resumes by ``Last-Event-ID``, on any
+gateway.
+
+Memory: a reader never holds more than about ``ReaderLimits.buffer_bytes`` of events, however
+long the log or slow the client. The log is replayed a page at a time, each page's writes handed
+on (and sent, once the socket has room) before the next page is read; the channel mailbox is
+bounded in bytes, and overflowing it only sends the reader back to the log.
 
 Frames are pre-encoded bytes (``id: <seq>\\ndata: <event>\\n\\n``), packed several per write
 when a batch arrives, up to :data:`WRITE_BYTES`: every write holds whole events only and fits
@@ -23,23 +29,26 @@ of sending each event separately. (A deliberate divergence from yielding one
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from factory import keys
 from factory.events import TERMINAL_TYPES, split_batch
+from gateway.relay_hub import RelayHub, Subscriber
 
 logger = logging.getLogger(__name__)
 
-SUBSCRIBE_TIMEOUT_S = 5.0
-LOG_PAGE = 500
+# The log is replayed in pages: the first of FIRST_PAGE events, the next ones sized from the events
+# seen so far to hold about ``ReaderLimits.buffer_bytes``, never more than MAX_PAGE events.
+FIRST_PAGE = 64
+MAX_PAGE = 1000
+# Live messages are handed on once this many bytes of frames have gathered (or the mailbox is empty).
+LIVE_FLUSH_BYTES = 64 * 1024
 # Frames are packed into writes of at most this many bytes (a frame never splits): below one TCP
 # segment on common networks, so a client that splits each read on newlines without buffering
 # (the seed's JavaScript client) still gets whole events, while small events share a write.
@@ -71,160 +80,16 @@ def _is_terminal(raw: bytes) -> bool:
     return bool(orjson.loads(raw).get("type") in TERMINAL_TYPES)
 
 
-@dataclass(eq=False)
-class Subscriber:
-    """One reader's mailbox for its job's channel messages."""
-
-    channel: str
-    capacity: int
-    messages: deque[bytes] = field(default_factory=deque)
-    overflowed: bool = False
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def deliver(self, message: bytes) -> None:
-        if len(self.messages) >= self.capacity:
-            self.messages.clear()
-            self.overflowed = True
-        else:
-            self.messages.append(message)
-        self.wakeup.set()
-
-    def resync(self) -> None:
-        self.overflowed = True
-        self.wakeup.set()
-
-
-class RelayHub:
-    """Owns the gateway's pub/sub connection and routes channel messages to subscribers."""
-
-    def __init__(
-        self, client: aioredis.Redis, *, buffer_messages: int = 1000, on_redis_error: Callable[[], None] | None = None
-    ) -> None:
-        self._client = client
-        self._on_redis_error = on_redis_error or (lambda: None)  # counted in the gateway's metrics
-        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
-        self._subscribers: dict[str, set[Subscriber]] = {}
-        self._confirmed: dict[str, asyncio.Future[None]] = {}
-        self._buffer = buffer_messages
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._has_channels = asyncio.Event()
-        # One (un)subscribe at a time: concurrent first commands would each open a connection.
-        self._commands = asyncio.Lock()
-
-    @property
-    def stream_count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
-
-    def readers_of(self, job_id: str) -> int:
-        return len(self._subscribers.get(keys.events_channel(job_id), ()))
-
-    async def start(self) -> None:
-        try:
-            await self._pubsub.connect()  # type: ignore[no-untyped-call]
-        except (RedisError, OSError) as exc:  # Redis may come later; the first subscribe connects then
-            logger.warning("pub/sub connection not open yet: %s", exc)
-        self._task = asyncio.create_task(self._listen(), name="relay-hub")
-
-    async def close(self) -> None:
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def subscribe(self, job_id: str) -> Subscriber:
-        """Join the job's channel; returns once Redis confirmed the subscription."""
-        channel = keys.events_channel(job_id)
-        subscriber = Subscriber(channel, self._buffer)
-        readers = self._subscribers.setdefault(channel, set())
-        readers.add(subscriber)
-        confirmed = self._confirmed.get(channel)
-        if confirmed is None:
-            confirmed = asyncio.get_running_loop().create_future()
-            self._confirmed[channel] = confirmed
-            try:
-                async with self._commands:
-                    await self._pubsub.subscribe(channel)
-                self._has_channels.set()
-            except BaseException:
-                await self.unsubscribe(subscriber)
-                raise
-        try:
-            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
-        except BaseException:
-            await self.unsubscribe(subscriber)
-            raise
-        return subscriber
-
-    async def unsubscribe(self, subscriber: Subscriber) -> None:
-        readers = self._subscribers.get(subscriber.channel)
-        if readers is None:
-            return
-        readers.discard(subscriber)
-        if readers:
-            return
-        del self._subscribers[subscriber.channel]
-        confirmed = self._confirmed.pop(subscriber.channel, None)
-        if confirmed is not None and not confirmed.done():
-            confirmed.cancel()
-        try:
-            async with self._commands:
-                await self._pubsub.unsubscribe(subscriber.channel)
-        except (RedisError, OSError):
-            self._on_redis_error()
-            logger.warning("could not unsubscribe from %s; Redis will drop it on reconnect", subscriber.channel)
-
-    async def _listen(self) -> None:
-        delay_s = 0.1
-        while not self._closing:
-            try:
-                if not self._pubsub.subscribed:
-                    # Nothing to listen to: sleep until a subscribe, which must be confirmed at once.
-                    self._has_channels.clear()
-                    await self._has_channels.wait()
-                    continue
-                message = await self._pubsub.get_message(timeout=1.0)
-                delay_s = 0.1
-                if message is not None:
-                    self._route(message)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                self._on_redis_error()
-                logger.warning("pub/sub connection lost (%s); readers fall back to the log", exc)
-                for readers in self._subscribers.values():
-                    for subscriber in readers:
-                        subscriber.resync()
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-
-    def _route(self, message: dict[str, object]) -> None:
-        kind = message["type"]
-        channel = message["channel"]
-        name = channel.decode() if isinstance(channel, bytes) else str(channel)
-        if kind == "message":
-            data = message["data"]
-            assert isinstance(data, bytes)
-            for subscriber in self._subscribers.get(name, ()):
-                subscriber.deliver(data)
-        elif kind == "subscribe":
-            confirmed = self._confirmed.get(name)
-            if confirmed is not None and not confirmed.done():
-                confirmed.set_result(None)
-            # After a reconnect redis-py re-subscribes: whatever was published meanwhile is in the log.
-            for subscriber in self._subscribers.get(name, ()):
-                subscriber.resync()
-
-
 @dataclass
 class ReaderLimits:
     poll_s: float
     idle_timeout_s: float
     outage_s: float = 30.0
+    buffer_bytes: int = 512 * 1024  # the most a reader holds: a log page, or its channel mailbox
+
+
+class StoreUnreachable(Exception):
+    """Redis stayed unreachable for longer than the reader's ``outage_s``."""
 
 
 class EventStream:
@@ -240,9 +105,13 @@ class EventStream:
         self.closing = False  # set on gateway shutdown: end without the terminal event
 
     async def frames(self, subscriber: Subscriber) -> AsyncGenerator[bytes, None]:
-        """Yield writes of whole SSE frames until the terminal event; then stop."""
+        """Yield writes of whole SSE frames until the terminal event; then stop.
+
+        Nothing is read ahead of the client: each write is handed on (and, under uvicorn, sent
+        once the socket has room) before the next page of the log is read.
+        """
         try:
-            for write in pack_writes(await self._from_log()):
+            async for write in self._replay():
                 yield write
             idle_s = 0.0
             while not self.finished and not self.closing:
@@ -259,66 +128,79 @@ class EventStream:
                     return
                 if subscriber.overflowed:
                     subscriber.overflowed = False
-                    subscriber.messages.clear()
-                    frames = await self._from_log()
+                    subscriber.clear()
+                    source = self._replay()
                 else:
-                    frames = await self._from_messages(subscriber)
-                if frames:
+                    source = self._live(subscriber)
+                async for write in source:
                     idle_s = 0.0
-                for write in pack_writes(frames):
                     yield write
+        except StoreUnreachable as exc:
+            logger.warning("closing a reader: %s; it resumes by Last-Event-ID", exc, extra={"job_id": self.job_id})
+            yield b": the event store is unreachable; reconnect with Last-Event-ID\n\n"
         finally:
             await self.hub.unsubscribe(subscriber)
 
-    async def _from_log(self) -> list[bytes]:
-        """Everything in the log after ``last_seq``, as frames; rides out a Redis outage up to ``outage_s``."""
+    async def _replay(self) -> AsyncGenerator[bytes, None]:
+        """The log after ``last_seq``, a page at a time, each page sized to ``buffer_bytes``."""
+        page = FIRST_PAGE
+        while not self.finished:
+            start = self.last_seq
+            entries = await self._read_page(start, page)
+            if not entries:
+                return
+            for write in pack_writes(self._frames(start + 1, entries)):
+                yield write
+            if len(entries) < page:
+                return
+            mean_bytes = max(1, sum(len(entry) for entry in entries) // len(entries))
+            page = max(1, min(MAX_PAGE, self.limits.buffer_bytes // mean_bytes))
+
+    async def _read_page(self, start: int, count: int) -> list[bytes]:
+        """``count`` entries of the log from index ``start``; rides out a Redis outage up to ``outage_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.outage_s
         delay_s = 0.1
         while True:
             try:
-                return await self._read_log()
+                entries: list[bytes] = await self.client.lrange(  # type: ignore[assignment]
+                    keys.events_key(self.job_id), start, start + count - 1
+                )
+                return entries
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if loop.time() + delay_s > deadline:
-                    raise
+                    raise StoreUnreachable(f"Redis unreachable for {self.limits.outage_s:g} s ({exc})") from exc
                 logger.warning(
                     "cannot read the log (%s); retrying in %.1f s", exc, delay_s, extra={"job_id": self.job_id}
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
 
-    async def _read_log(self) -> list[bytes]:
-        """Everything in the log after ``last_seq``, as frames (read a page at a time)."""
-        parts: list[bytes] = []
-        while not self.finished:
-            start = self.last_seq
-            try:
-                entries: list[bytes] = await self.client.lrange(  # type: ignore[assignment]
-                    keys.events_key(self.job_id), start, start + LOG_PAGE - 1
-                )
-            except (RedisError, OSError):
-                if parts:
-                    break  # hand out what was read (``last_seq`` moved past it); the next read fails again
-                raise
-            if not entries:
-                break
-            parts.extend(self._frames(start + 1, entries))
-            if len(entries) < LOG_PAGE:
-                break
-        return parts
-
-    async def _from_messages(self, subscriber: Subscriber) -> list[bytes]:
-        parts: list[bytes] = []
+    async def _live(self, subscriber: Subscriber) -> AsyncGenerator[bytes, None]:
+        """The mailbox's messages as writes; a gap (a lost message) reads the log instead."""
+        frames: list[bytes] = []
+        pending_bytes = 0
         while subscriber.messages and not self.finished:
-            first_seq, events = split_batch(subscriber.messages.popleft())
+            first_seq, events = split_batch(subscriber.take())
             skip = self.last_seq + 1 - first_seq
             if skip < 0:  # a gap: the messages in between went missing, the log has them
-                subscriber.messages.clear()
-                parts.extend(await self._from_log())
-                break
+                subscriber.clear()
+                for write in pack_writes(frames):
+                    yield write
+                frames = []
+                async for write in self._replay():
+                    yield write
+                return
             if skip < len(events):
-                parts.extend(self._frames(first_seq + skip, events[skip:]))
-        return parts
+                new = self._frames(first_seq + skip, events[skip:])
+                frames.extend(new)
+                pending_bytes += sum(len(frame) for frame in new)
+            if pending_bytes >= LIVE_FLUSH_BYTES:
+                for write in pack_writes(frames):
+                    yield write
+                frames, pending_bytes = [], 0
+        for write in pack_writes(frames):
+            yield write
 
     def _frames(self, first_seq: int, events: list[bytes]) -> list[bytes]:
         out: list[bytes] = []

@@ -43,6 +43,13 @@ class Proc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout_s: float = 60.0) -> None:
+        """Wait until the process has logged ``text`` (an event seen from outside, not a guess of its time)."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            assert time.monotonic() < deadline, f"{self.name} never logged {text!r}:\n{self.log()[-3000:]}"
+            time.sleep(0.05)
+
     def signal(self, sig: int) -> None:
         if self.popen.poll() is None:
             os.kill(self.popen.pid, sig)

@@ -326,7 +326,9 @@ def test_redis_restart_loses_nothing(restartable: tuple[RestartableRedis, Stack]
     server.stop()
     assert_fails_fast("GET", f"{gateway.url}/readyz")
     assert_fails_fast("POST", f"{gateway.url}/invoke", json={"function_name": "counter", "inputs": {"count": 1}})
-    time.sleep(1.5)
+    # Restart once both sides have met the outage: the worker's appends and the gateway's pub/sub.
+    worker.wait_for_log("Redis unreachable, retrying the append")
+    gateway.wait_for_log("pub/sub connection lost")
     server.start()
 
     events = reader.finish()
@@ -353,7 +355,7 @@ def test_long_redis_outage_ends_the_job_with_redis_unavailable(restartable: tupl
     job_id = invoke(gateway.url, "counter", {"count": 1000, "delay_s": 0.05})
     _, head = read_events(events_url(gateway, job_id), limit=5)
     server.stop()
-    time.sleep(5)
+    worker.wait_for_log("event publisher stopped")  # the worker gave up after FACTORY_REDIS_OUTAGE_S
     server.start()
     record = wait_status(gateway.url, job_id, {"failed"}, timeout_s=60)
     assert record["error"]["code"] == "REDIS_UNAVAILABLE"

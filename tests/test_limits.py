@@ -6,7 +6,7 @@ idle timeout and the worker's event limits run over real gateway and worker proc
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import httpx
@@ -19,6 +19,14 @@ from tests.shapes import assert_error
 from tests.stack import Stack, invoke, parse_frames, read_events, wait_status
 
 GOOD = {"function_name": "typed", "inputs": {"text": "hello"}}
+
+
+def wait_until_gone(status_of: Callable[[], int], timeout_s: float = 30.0) -> None:
+    """Wait for a retention to pass: until the resource answers 404 (Redis expires keys on its own clock)."""
+    deadline = time.monotonic() + timeout_s
+    while status_of() != 404:
+        assert time.monotonic() < deadline, "the job outlived its retention"
+        time.sleep(0.1)
 
 
 def test_full_queue_refuses_with_503_and_retry_after(settings: Settings) -> None:
@@ -38,16 +46,20 @@ def test_full_queue_refuses_with_503_and_retry_after(settings: Settings) -> None
 
 
 def test_retention_ends_an_ended_job_only(settings: Settings) -> None:
-    with TestClient(create_app(settings.model_copy(update={"retention_s": 1}))) as client:
+    with TestClient(create_app(settings.model_copy(update={"retention_s": 3}))) as client:
         ended = client.post("/invoke", json=GOOD).json()["job_id"]
         waiting = client.post("/invoke", json=GOOD).json()["job_id"]
+        assert [job["job_id"] for job in client.get("/jobs").json()["jobs"]] == [waiting, ended]
         assert client.post(f"/jobs/{ended}/cancel").json()["status"] == "canceled"
+        ended_at = time.monotonic()
         assert client.get(f"/jobs/{ended}/events").status_code == 200  # the log is replayable until retention ends
-        time.sleep(1.6)
+        wait_until_gone(lambda: client.get(f"/jobs/{ended}").status_code)
+        assert time.monotonic() - ended_at > 2  # kept for its retention (expiry is in whole seconds)
         assert_error(client.get(f"/jobs/{ended}"), 404, "NOT_FOUND")
         assert_error(client.get(f"/jobs/{ended}/events"), 404, "NOT_FOUND")
         assert client.get(f"/jobs/{waiting}").json()["status"] == "queued"  # a job not ended is kept
-        assert [job["job_id"] for job in client.get("/jobs").json()["jobs"]] == [waiting]
+        # GET /jobs lists the jobs created within the retention: the ended one has left it.
+        assert ended not in [job["job_id"] for job in client.get("/jobs").json()["jobs"]]
 
 
 @pytest.mark.e2e
@@ -78,7 +90,7 @@ def test_retention_after_a_finished_job(make_stack: Stack) -> None:
     _, events = read_events(f"{gateway.url}/jobs/{job_id}/events")
     assert events[-1].type == "done"
     assert wait_status(gateway.url, job_id, {"finished"})["output"] == {"count": 2}
-    time.sleep(1.6)
+    wait_until_gone(lambda: httpx.get(f"{gateway.url}/jobs/{job_id}").status_code)
     for path in ("", "/events"):
         assert_error(httpx.get(f"{gateway.url}/jobs/{job_id}{path}"), 404, "NOT_FOUND")
 
@@ -197,6 +209,23 @@ def test_event_count_limit_ends_the_job_and_keeps_its_events(make_stack: Stack) 
     assert job["error"]["code"] == "EVENT_LIMIT_EXCEEDED" and job["last_event_id"] == 11
     _, others = read_events(f"{gateway.url}/jobs/{quiet}/events")
     assert [e.type for e in others] == ["start", "progress", "progress", "progress", "done"]
+
+
+@pytest.mark.e2e
+def test_event_limit_is_exact_when_the_publisher_batches(make_stack: Stack) -> None:
+    """A job yielding as fast as it can is written in batches of hundreds; the limit cuts inside one."""
+    make_stack.env["FACTORY_MAX_EVENTS_PER_JOB"] = "1500"
+    gateway = make_stack.start_gateway()
+    make_stack.start_worker()
+    flood = invoke(gateway.url, "counter", {"count": 5000})
+    _, events = read_events(f"{gateway.url}/jobs/{flood}/events")
+    assert [e.seq for e in events] == list(range(1, 1502))
+    assert [e.event["data"]["current"] for e in events[1:1500]] == list(range(1, 1500))  # every event kept
+    assert events[-1].type == "error" and events[-1].event["error_code"] == "EVENT_LIMIT_EXCEEDED"
+    assert wait_status(gateway.url, flood, {"failed"})["last_event_id"] == 1501
+    exactly = invoke(gateway.url, "counter", {"count": 1499})  # start + 1499 = the limit, then its done
+    _, events = read_events(f"{gateway.url}/jobs/{exactly}/events")
+    assert len(events) == 1501 and events[-1].type == "done"
 
 
 @pytest.mark.e2e

@@ -150,10 +150,16 @@ def test_five_readers_get_every_event(gateway: Gateway) -> None:
         _, events = read_events(f"{gateway.url}/jobs/{job_id}/events")
         results.append([e.seq for e in events])
 
+    def last_event_id() -> int:
+        return int(httpx.get(f"{gateway.url}/jobs/{job_id}").json()["last_event_id"])
+
     threads = [threading.Thread(target=reader) for _ in range(5)]
-    for thread in threads:
+    for joined, thread in enumerate(threads):
+        # Readers join at different moments of the job: each once the log holds 10 more events.
+        deadline = time.monotonic() + 30
+        while last_event_id() < joined * 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
         thread.start()
-        time.sleep(0.03)  # readers join at different moments of the job
     for thread in threads:
         thread.join(30)
     assert results == [list(range(1, 63))] * 5
@@ -238,9 +244,8 @@ def test_cancel_running_job_stops_it_within_a_second(gateway: Gateway) -> None:
     _, rest = read_events(url, last_event_id=started[-1].seq)
     assert rest[-1].type == "error" and rest[-1].event["error_code"] == "CANCELED"
     assert time.monotonic() - canceled_at < 1.0 + 1.0  # stream end seen well within the bound
-    final = httpx.get(f"{gateway.url}/jobs/{job_id}").json()
-    time.sleep(0.5)
-    assert httpx.get(f"{gateway.url}/jobs/{job_id}").json()["last_event_id"] == final["last_event_id"]
+    # The terminal event is the log's last: nothing the stopped job still yielded was appended after it.
+    assert httpx.get(f"{gateway.url}/jobs/{job_id}").json()["last_event_id"] == rest[-1].seq
 
 
 def test_cancel_queued_job_never_starts(make_stack: Stack) -> None:

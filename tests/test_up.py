@@ -89,10 +89,47 @@ def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None
         assert len(family) >= 4  # redis-server, the gateway, two workers (and their horses)
         up.send_signal(signal.SIGTERM)
         assert up.wait(90) == 0, (tmp_path / "up.log").read_text()
-        time.sleep(0.5)
-        assert [pid for pid in family if alive(pid)] == []
+        deadline = time.monotonic() + 30
+        while [pid for pid in family if alive(pid)]:
+            assert time.monotonic() < deadline, [pid for pid in family if alive(pid)]
+            time.sleep(0.05)
         assert not (tmp_path / "state" / "gateway.json").exists()
     finally:
         if up.poll() is None:
             up.kill()
             up.wait(10)
+
+
+def test_kill_9_of_up_leaves_nothing_running(tmp_path: Path) -> None:
+    """The supervisor killed outright runs no cleanup: its children must go by themselves."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_") and k != "REDIS_URL"}
+    command = [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--workers", "2"]
+    command += ["--state-dir", str(tmp_path / "state"), "--prefabs", str(ROOT / "prefabs")]
+    with (tmp_path / "up.log").open("wb") as log:
+        up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # ready, and every child started: redis-server, the gateway, two workers
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                ready = False
+            family = descendants(up.pid)
+            if ready and len(family) >= 4 and "Listening on" in (tmp_path / "up.log").read_text():
+                break
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.2)
+        family = descendants(up.pid)
+        up.kill()
+        up.wait(10)
+        deadline = time.monotonic() + 60
+        while survivors := [pid for pid in family if alive(pid)]:
+            assert time.monotonic() < deadline, f"still running after kill -9 of factory up: {survivors}"
+            time.sleep(0.1)
+    finally:
+        for pid in family:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

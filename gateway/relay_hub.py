@@ -1,0 +1,191 @@
+"""The gateway's one Redis pub/sub connection, shared by every job channel it serves, and each
+reader's mailbox on it.
+
+A reader subscribes and waits for Redis to confirm before it reads the log (see
+``gateway.relay``), so every event is in the log it reads or arrives here after. A mailbox is
+bounded in bytes; overflowing it, or a reconnect of the hub (redis-py subscribes again), only
+sends its reader back to the log, so a slow reader never slows the hub or the other readers.
+"""
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from factory import keys
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One reader's mailbox for its job's channel messages, bounded in bytes.
+
+    A message that would take it past ``capacity_bytes`` empties it and marks it overflowed: the
+    reader then reads the log again from its last ``seq``, a page at a time.
+    """
+
+    channel: str
+    capacity_bytes: int
+    messages: deque[bytes] = field(default_factory=deque)
+    size_bytes: int = 0
+    overflowed: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def deliver(self, message: bytes) -> None:
+        if self.size_bytes + len(message) > self.capacity_bytes:
+            self.clear()
+            self.overflowed = True
+        else:
+            self.messages.append(message)
+            self.size_bytes += len(message)
+        self.wakeup.set()
+
+    def take(self) -> bytes:
+        message = self.messages.popleft()
+        self.size_bytes -= len(message)
+        return message
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.size_bytes = 0
+
+    def resync(self) -> None:
+        self.overflowed = True
+        self.wakeup.set()
+
+
+class RelayHub:
+    """Owns the gateway's pub/sub connection and routes channel messages to subscribers."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        buffer_bytes: int = 512 * 1024,
+        on_redis_error: Callable[[], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._on_redis_error = on_redis_error or (lambda: None)  # counted in the gateway's metrics
+        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self._subscribers: dict[str, set[Subscriber]] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._buffer = buffer_bytes
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._has_channels = asyncio.Event()
+        # One (un)subscribe at a time: concurrent first commands would each open a connection.
+        self._commands = asyncio.Lock()
+
+    @property
+    def stream_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    def readers_of(self, job_id: str) -> int:
+        return len(self._subscribers.get(keys.events_channel(job_id), ()))
+
+    async def start(self) -> None:
+        try:
+            await self._pubsub.connect()  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:  # Redis may come later; the first subscribe connects then
+            logger.warning("pub/sub connection not open yet: %s", exc)
+        self._task = asyncio.create_task(self._listen(), name="relay-hub")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def subscribe(self, job_id: str) -> Subscriber:
+        """Join the job's channel; returns once Redis confirmed the subscription."""
+        channel = keys.events_channel(job_id)
+        subscriber = Subscriber(channel, self._buffer)
+        readers = self._subscribers.setdefault(channel, set())
+        readers.add(subscriber)
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirmed[channel] = confirmed
+            try:
+                async with self._commands:
+                    await self._pubsub.subscribe(channel)
+                self._has_channels.set()
+            except BaseException:
+                await self.unsubscribe(subscriber)
+                raise
+        try:
+            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
+        except BaseException:
+            await self.unsubscribe(subscriber)
+            raise
+        return subscriber
+
+    async def unsubscribe(self, subscriber: Subscriber) -> None:
+        readers = self._subscribers.get(subscriber.channel)
+        if readers is None:
+            return
+        readers.discard(subscriber)
+        if readers:
+            return
+        del self._subscribers[subscriber.channel]
+        confirmed = self._confirmed.pop(subscriber.channel, None)
+        if confirmed is not None and not confirmed.done():
+            confirmed.cancel()
+        try:
+            async with self._commands:
+                await self._pubsub.unsubscribe(subscriber.channel)
+        except (RedisError, OSError):
+            self._on_redis_error()
+            logger.warning("could not unsubscribe from %s; Redis will drop it on reconnect", subscriber.channel)
+
+    async def _listen(self) -> None:
+        delay_s = 0.1
+        while not self._closing:
+            try:
+                if not self._pubsub.subscribed:
+                    # Nothing to listen to: sleep until a subscribe, which must be confirmed at once.
+                    self._has_channels.clear()
+                    await self._has_channels.wait()
+                    continue
+                message = await self._pubsub.get_message(timeout=1.0)
+                delay_s = 0.1
+                if message is not None:
+                    self._route(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._on_redis_error()
+                logger.warning("pub/sub connection lost (%s); readers fall back to the log", exc)
+                for readers in self._subscribers.values():
+                    for subscriber in readers:
+                        subscriber.resync()
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+
+    def _route(self, message: dict[str, object]) -> None:
+        kind = message["type"]
+        channel = message["channel"]
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if kind == "message":
+            data = message["data"]
+            assert isinstance(data, bytes)
+            for subscriber in self._subscribers.get(name, ()):
+                subscriber.deliver(data)
+        elif kind == "subscribe":
+            confirmed = self._confirmed.get(name)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+            # After a reconnect redis-py re-subscribes: whatever was published meanwhile is in the log.
+            for subscriber in self._subscribers.get(name, ()):
+                subscriber.resync()
