@@ -24,12 +24,13 @@ from rich.text import Text
 
 from factory import cli_deploy, cli_jobs, logs, preflight
 from factory.catalog import Catalog
-from factory.cli_common import EXIT_CODES_HELP, ExitCode, local_url
+from factory.cli_common import EXIT_CODES_HELP, ExitCode, client_for, local_url
 from factory.cli_common import settings_from as _settings
 from factory.cli_common import stderr as _stderr
+from factory.client import FactoryClientError
 from factory.embedded_redis import EmbeddedRedisError
 from factory.errors import ManifestError
-from factory.gateway_record import remove_record, write_record
+from factory.gateway_record import read_record, remove_record, write_record
 from factory.hardening import make_undumpable
 from factory.scaffold import FUNCTION_NAME, create_prefab
 from factory.settings import Settings, child_environ
@@ -154,34 +155,66 @@ def _exec_module(module: str, settings: Settings) -> None:
     os.execve(sys.executable, [sys.executable, "-m", module], child_environ(settings))
 
 
+def _deployed_states(url: str | None) -> dict[tuple[str, str], tuple[str, str | None]] | None:
+    """Each (prefab, version) a running factory knows, with its state and reason; None if none answers."""
+    settings = _settings()
+    if url is None and settings.url is None and read_record(settings.state_dir) is None:
+        return None
+    try:
+        with client_for(url, None) as client:
+            summaries = client.prefabs()
+    except FactoryClientError:
+        return None
+    return {
+        (summary.id, str(version.get("version"))): (str(version.get("state")), version.get("reason"))
+        for summary in summaries
+        if summary.id
+        for version in summary.versions
+    }
+
+
 @app.command()
 def validate(
     dirs: Annotated[
         list[Path] | None, typer.Argument(help="Prefab folders or folders of them [default: FACTORY_PREFABS].")
     ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="A running factory whose deployment of each prefab to report "
+            "[default: FACTORY_URL, else the one factory up recorded]."
+        ),
+    ] = None,
 ) -> None:
-    """Check each prefab's manifest against its src/main.py; exit 1 if any is broken."""
+    """Check each prefab's manifest against its src/main.py and, when a factory runs, its deployment
+    there (built, imported, checked against the code); exit 1 if any is broken or failed."""
     roots = dirs or _settings().prefabs
     catalog = Catalog.discover(roots)
     out = Console()
     if not catalog.entries:
         _stderr().print(f"[red]no prefab found[/red] under {escape(', '.join(str(r) for r in roots))}")
         raise typer.Exit(1)
+    deployed = _deployed_states(url)
     table = Table(title="prefabs")
-    for column in ("id", "path", "status", "functions", "problems"):
+    for column in ("id", "path", "status", "deployed", "functions", "problems"):
         table.add_column(column, overflow="fold")
+    failed = False
     for entry in catalog.entries:
         manifest = entry.manifest
+        found = (deployed or {}).get((manifest.id, manifest.version)) if manifest else None
+        state, reason = found or ("-", None)
+        failed = failed or state == "failed"
         table.add_row(
             Text(manifest.id if manifest else "-"),
             Text(str(entry.path)),
             Text("OK", style="green") if entry.ok else Text("BROKEN", style="bold red"),
+            Text(state.upper(), style="bold red" if state == "failed" else "green" if state == "ready" else ""),
             Text(", ".join(f.name for f in manifest.functions) if manifest else ""),
-            Text("\n".join(entry.problems)),
+            Text("\n".join([*entry.problems, *([reason] if reason else [])])),
         )
     out.print(table)
     broken = [entry for entry in catalog.entries if not entry.ok]
-    if broken:
+    if broken or failed:
         raise typer.Exit(1)
 
 

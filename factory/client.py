@@ -94,6 +94,7 @@ class PrefabSummary(_Lenient):
     description: str | None = None
     functions: list[str] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
+    versions: list[dict[str, Any]] = Field(default_factory=list, description="each version's state and reason")
 
 
 class DeploymentView(_Lenient):

@@ -181,6 +181,16 @@ def test_failed_deployments_say_why_and_refuse_calls(make_stack: Stack, tmp_path
     prefabs = {p["id"]: p for p in httpx.get(f"{gateway.url}/prefabs").json()["prefabs"]}
     assert prefabs["import-error"]["status"] == "failed"
     assert "not_a_module_anywhere" in prefabs["import-error"]["versions"][0]["reason"]
+    # factory validate: the source matches its manifest, but the running factory says it failed.
+    validated = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "validate", str(broken), "--url", gateway.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert validated.returncode == 1
+    assert "FAILED" in validated.stdout and "not_a_module_anywhere" in validated.stdout
 
 
 def test_manifest_that_lies_about_its_code_is_refused_at_deploy(make_stack: Stack, tmp_path: Path) -> None:
