@@ -22,6 +22,7 @@ class WorkerPresence(BaseModel):
     serves_all: bool = Field(default=True, description="serves every prefab deployed, now and later")
     queues: list[str]
     prefabs: list[str] = Field(description="the prefabs it serves now")
+    versions: list[str] = Field(default_factory=list, description="``prefab@version`` of each version it can run")
     secrets: list[str] = Field(description="names of the declared secrets it can supply (never their values)")
     cpu_s: float
     rss_bytes: int

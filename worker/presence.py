@@ -88,6 +88,7 @@ class Presence:
             serves_all=not served.only,
             queues=served.names(),
             prefabs=list(served.prefab_ids),
+            versions=list(served.versions),
             secrets=sorted(self.secrets & served.secret_names),
             cpu_s=_cpu_s(),
             rss_bytes=_rss_bytes(),

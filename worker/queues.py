@@ -27,6 +27,7 @@ class ServedQueues:
         self.only = frozenset(settings.serve_prefabs)
         self.prefab_ids: list[str] = []
         self.secret_names: set[str] = set()  # the secrets the served prefabs declare
+        self.versions: list[str] = []  # ``prefab@version`` of every live deployment it can run
         self._version: bytes | None = b""
         self._turn = 0
         self._deploy = keys.deploy_queue_name(settings.queue_name)
@@ -47,6 +48,7 @@ class ServedQueues:
             for spec in d.manifest.functions
             for secret in spec.secrets
         }
+        self.versions = sorted(d.ref for d in deployments if d.prefab_id in served)
         self._version = version
         changed = served != self.prefab_ids
         self.prefab_ids = served
