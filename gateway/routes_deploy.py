@@ -24,10 +24,11 @@ from factory.source_check import source_problems
 from factory.wheels import WheelInfo, canonical_wheel_name, read_wheel, signature_matches
 from gateway.deps import GatewayState, StateDep
 from gateway.routes_jobs import job_events
-from gateway.schemas import DeploymentList, DeploymentView, ErrorResponse
+from gateway.schemas import DeploymentList, DeploymentView
 from gateway.v1.caller import CallerDep, bearer_value
+from gateway.v1.schemas import ECOSYSTEM_ERRORS
 
-router = APIRouter(tags=["deployments"])
+router = APIRouter(tags=["deployments"], responses=ECOSYSTEM_ERRORS)  # under /v1: the ecosystem's error shape
 
 FRAMING_BYTES = 64 * 1024
 WHEELS_PREFIX = "deployments"
@@ -81,7 +82,6 @@ def _check_wheel(info: WheelInfo, prefab_id: str, version: str) -> None:
     "/v1/deploy",
     status_code=202,
     response_model=DeploymentView,
-    responses={code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 422, 503)},
 )
 async def deploy_wheel(
     http: Request,
@@ -144,7 +144,7 @@ async def _deployment(state: GatewayState, deployment_id: str) -> Deployment:
     return found
 
 
-@router.get("/v1/deployments/{deployment_id}", response_model=DeploymentView, responses={404: {"model": ErrorResponse}})
+@router.get("/v1/deployments/{deployment_id}", response_model=DeploymentView)
 async def get_deployment(deployment_id: str, http: Request, state: StateDep, caller: CallerDep) -> DeploymentView:
     """The deployment's record: ``building`` → ``ready`` | ``failed`` (with the reason), or ``retired``."""
     await state.catalog.refresh()
@@ -154,12 +154,7 @@ async def get_deployment(deployment_id: str, http: Request, state: StateDep, cal
 @router.get(
     "/v1/deployments/{deployment_id}/events",
     response_class=Response,
-    responses={
-        200: {"content": {"text/event-stream": {}}},
-        204: {"description": "the build ended"},
-        400: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-    },
+    responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "the build ended"}},
 )
 async def deployment_events(
     deployment_id: str,
@@ -175,9 +170,7 @@ async def deployment_events(
     return await job_events(deployment.job_id, state, last_event_id, last_event_id_query)
 
 
-@router.delete(
-    "/v1/deployments/{deployment_id}", response_model=DeploymentView, responses={404: {"model": ErrorResponse}}
-)
+@router.delete("/v1/deployments/{deployment_id}", response_model=DeploymentView)
 async def delete_deployment(deployment_id: str, http: Request, state: StateDep, caller: CallerDep) -> DeploymentView:
     """Retire the deployment: new calls no longer run on it; jobs already given it run to their end."""
     retired = await asyncio.to_thread(undeploy, state.jobs.sync_client, deployment_id)

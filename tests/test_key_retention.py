@@ -13,7 +13,15 @@ from tests.stack import Stack, invoke, read_events, wait_status
 from tests.test_faults import FAST_LOSS, kill_machine
 
 # Shared keys with a constant name that RQ or the factory may keep while idle (none is per job).
-CONSTANT_KEYS = {b"rq:queues"}
+# Factory-wide keys, not any job's: RQ's queue set, the job statistics (counters that outlive every
+# process, by design), and the lost-job reaper's lock (re-taken every heartbeat while a process runs).
+CONSTANT_KEYS = {
+    b"rq:queues",
+    b"factory:stats:outcomes",
+    b"factory:stats:durations",
+    b"factory:stats:first-event",
+    b"factory:reaper-lock",
+}
 
 
 def gateway_cancel(url: str, job_id: str) -> str:
