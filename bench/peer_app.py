@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from bench import keys, peer_stack
 
 TERMINAL = (b'"type":"done"', b'"type":"error"')
+MAX_REDIS_CONNECTIONS = 10_000  # redis-server's default maxclients
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -88,7 +89,8 @@ async def _events(client: aioredis.Redis, job_id: str, last: int) -> AsyncIterat
 def create_app(redis_url: str) -> FastAPI:
     app = FastAPI(title="peer stack")
     celery = peer_stack.make_app(redis_url)
-    client = aioredis.Redis.from_url(redis_url)
+    # One pub/sub connection per open stream: the pool may grow to Redis's own client limit.
+    client = aioredis.Redis.from_url(redis_url, max_connections=MAX_REDIS_CONNECTIONS)
 
     @app.post("/invoke", status_code=202)
     async def invoke(body: InvokeBody) -> Accepted:

@@ -7,7 +7,7 @@ writes the PNGs under ``docs/curves/``).
 - **streams**: 100 → 10,000 open streams on one gateway (100 readers per job; jobs of
   ``firehose(100)`` queued while no worker runs, then two workers start): gateway RSS per open
   stream, and gateway CPU per 1,000 events delivered.
-- **memory**: Redis ``used_memory`` and keys per finished job, for 1 → 1,000 events per job
+- **memory**: bytes Redis holds (``MEMORY USAGE`` of every key) and keys per finished job, for 1 → 1,000 events per job
   (factory and peer), at the default retention: every finished job stays this big for that long.
 - **workers**: jobs/s on 1 → 8 worker processes for sleep-bound (``sleepy``) and CPU-bound
   (``spin``) jobs.
@@ -80,7 +80,7 @@ async def callers_curve(ctx: Context) -> dict[str, list[dict[str, float]]]:
 
 
 async def _streams(ctx: Context, streams: int) -> dict[str, float]:
-    async with factory_stack(ctx, workers=0) as stack:
+    async with factory_stack(ctx, workers=0, FACTORY_QUEUE_WITHOUT_WORKER="1") as stack:
         url = stack.gateway.url
         host, port = host_port(url)
         jobs = -(-streams // READERS_PER_JOB)
@@ -119,19 +119,24 @@ async def streams_curve(ctx: Context) -> list[dict[str, float]]:
     return [await _streams(ctx, n) for n in ctx.sizes.curve_streams]
 
 
-async def _used_memory(client: aioredis.Redis) -> tuple[int, int]:
-    info = await client.info("memory")
-    return int(info["used_memory"]), int(await client.dbsize())
+async def _db_bytes(client: aioredis.Redis) -> tuple[int, int]:
+    """Bytes Redis holds for the keys of this database (``MEMORY USAGE``, exact), and their number."""
+    names = [name async for name in client.scan_iter(count=1000)]
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.memory_usage(name, samples=0)
+        sizes = await pipe.execute()
+    return sum(int(size or 0) for size in sizes), len(names)
 
 
 async def _memory(ctx: Context, url: str, client: aioredis.Redis, events: int) -> dict[str, float]:
     jobs = 200 if events <= 100 else 50
-    mem0, keys0 = await _used_memory(client)
+    mem0, keys0 = await _db_bytes(client)
     result = await batch(ctx, url, "firehose", {"count": events}, jobs)
     if result["not_done"]:
-        raise RuntimeError(f"{result['not_done']} jobs of {events} events did not end with done")
+        raise RuntimeError(f"{result['not_done']} jobs of {events} events did not end with done: {result['errors']}")
     await asyncio.sleep(0.5)  # a worker's last writes after the terminal event (job record, RQ's own)
-    mem1, keys1 = await _used_memory(client)
+    mem1, keys1 = await _db_bytes(client)
     return {"events_per_job": events, "bytes_per_job": (mem1 - mem0) / jobs, "keys_per_job": (keys1 - keys0) / jobs}
 
 

@@ -62,7 +62,8 @@ async def _drain_rate(ctx: Context, stack: FactoryStack) -> float:
 async def run(ctx: Context) -> ScenarioResult:
     rq = await ctx.baseline("rq", queues.rq_plain)
     celery = await ctx.baseline("celery", queues.celery)
-    async with factory_stack(ctx) as stack:
+    # Calls may wait in the queue while no worker runs: the drain below queues them first.
+    async with factory_stack(ctx, FACTORY_QUEUE_WITHOUT_WORKER="1") as stack:
         ttfe, job_ids = await _sequential_ms(ctx, stack)
         seed_form = await _seed_form_ms(ctx, stack)
         records = await final_records(stack.redis, job_ids, timeout_s=60)
