@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from bench.calls import events_path, host_port, invoke
 from bench.context import Context
-from bench.procs import Proc
+from bench.procs import Proc, tree_cpu_s
 from bench.sse_client import read_stream
 from factory import keys
 
@@ -42,8 +42,9 @@ class FactoryStack:
 
     async def _cpu_now(self) -> dict[str, float]:
         return {
-            "gateways": sum(p.cpu_s() for p in self.gateways),
-            "workers": sum(p.cpu_s() for p in self.workers),
+            "gateways": sum(tree_cpu_s(p.pid) for p in self.gateways),
+            # With their live children: a worker's work horse and runner live for many jobs.
+            "workers": sum(tree_cpu_s(p.pid) for p in self.workers),
             "redis": await _redis_cpu_s(self.redis),
             "bench_client": _client_cpu_s(),
         }
@@ -53,8 +54,8 @@ class FactoryStack:
         self._cpu_start = await self._cpu_now()
 
     async def cpu_used_s(self) -> dict[str, float]:
-        """CPU seconds each role used since :meth:`mark_cpu` (workers include their work horses)."""
-        await asyncio.sleep(0.5)  # a horse's CPU is counted once its worker reaped it, just after its last event
+        """CPU seconds each role used since :meth:`mark_cpu` (workers include their work horses and runners)."""
+        await asyncio.sleep(0.5)  # a job's last writes come just after its last event
         now = await self._cpu_now()
         return {role: round(now[role] - self._cpu_start.get(role, 0.0), 2) for role in now}
 

@@ -12,6 +12,7 @@ the same client, the same run, one HTTP process each.
   terminal event, 64 submits in flight; 2 factory workers against a Celery worker of 2 processes.
 - Many jobs: N ``firehose(100)`` submitted at once (64 submits in flight), every stream read;
   events/s to the last terminal event, and every event checked (lost, repeated, out of order).
+  Both batches record the CPU each role used (HTTP process, workers with all their children, Redis).
 """
 
 import asyncio
@@ -20,10 +21,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 
 from bench.calls import PREFAB, OrderCheck, events_path, host_port, invoke
 from bench.context import Context
 from bench.peer_run import peer_stack_running
+from bench.procs import tree_cpu_s
 from bench.results import Figure, ScenarioResult, Target, percentile
 from bench.sse_client import StreamStats, read_stream
 from bench.stack import factory_stack
@@ -95,6 +98,38 @@ async def batch(ctx: Context, url: str, function_name: str, inputs: dict[str, An
     }
 
 
+class CpuMeter:
+    """CPU seconds per role (process trees, and Redis from its INFO) over one measured batch."""
+
+    def __init__(self, redis: aioredis.Redis, roles: dict[str, list[int]]) -> None:
+        self._redis, self._roles = redis, roles
+        self._start: dict[str, float] = {}
+
+    async def _now(self) -> dict[str, float]:
+        info = await self._redis.info("cpu")
+        now = {role: sum(tree_cpu_s(pid) for pid in pids) for role, pids in self._roles.items()}
+        now["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return now
+
+    async def start(self) -> None:
+        self._start = await self._now()
+
+    async def used(self) -> dict[str, float]:
+        await asyncio.sleep(0.3)  # the last job's end is written just after its terminal event
+        now = await self._now()
+        return {role: round(now[role] - self._start[role], 3) for role in now}
+
+
+async def metered_batch(
+    ctx: Context, url: str, meter: CpuMeter, function_name: str, inputs: dict[str, Any], jobs: int
+) -> dict[str, Any]:
+    await meter.start()
+    result = await batch(ctx, url, function_name, inputs, jobs)
+    result["cpu_s"] = await meter.used()
+    result["cpu_ms_per_job"] = {role: s * 1000 / jobs for role, s in result["cpu_s"].items()}
+    return result
+
+
 def _summary(times: list[float]) -> dict[str, float]:
     return {"p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99), "max_ms": max(times, default=0.0)}
 
@@ -118,11 +153,14 @@ async def run(ctx: Context) -> ScenarioResult:
         f_rate, f_bad = await one_stream_rate(ctx, fu, sizes.peer_stream)
         p_rate, p_bad = await one_stream_rate(ctx, pu, sizes.peer_stream)
     async with factory_stack(ctx, workers=2) as factory:
-        f_trivial = await batch(ctx, factory.gateway.url, "trivial", {}, sizes.peer_trivial_jobs)
-        f_many = await batch(ctx, factory.gateway.url, "firehose", {"count": 100}, sizes.peer_many_jobs)
+        roles = {"http": [g.pid for g in factory.gateways], "workers": [w.pid for w in factory.workers]}
+        meter = CpuMeter(factory.redis, roles)
+        f_trivial = await metered_batch(ctx, factory.gateway.url, meter, "trivial", {}, sizes.peer_trivial_jobs)
+        f_many = await metered_batch(ctx, factory.gateway.url, meter, "firehose", {"count": 100}, sizes.peer_many_jobs)
     async with peer_stack_running(ctx, concurrency=2) as peer:
-        p_trivial = await batch(ctx, peer.app.url, "trivial", {}, sizes.peer_trivial_jobs)
-        p_many = await batch(ctx, peer.app.url, "firehose", {"count": 100}, sizes.peer_many_jobs)
+        meter = CpuMeter(peer.redis, {"http": [peer.app.pid], "workers": [peer.worker.pid]})
+        p_trivial = await metered_batch(ctx, peer.app.url, meter, "trivial", {}, sizes.peer_trivial_jobs)
+        p_many = await metered_batch(ctx, peer.app.url, meter, "firehose", {"count": 100}, sizes.peer_many_jobs)
     ttfe = {name: _summary(times) for name, times in forms.items()}
     f, p, s = ttfe["factory"], ttfe["peer"], ttfe["factory seed form"]
     two = f"{PEER}, two requests"
