@@ -30,14 +30,14 @@ from bench.sse_client import read_stream
 from bench.stack import factory_stack
 
 NAME = "curves"
-CALLS_PER_LEVEL = 300  # at least this many calls per caller count (each caller makes at least 2)
+CALLS_PER_LEVEL = 200  # at least this many calls per caller count, and one per caller
 EVENTS_PER_CALL = 100
 READERS_PER_JOB = 100
 TIMEOUT_S = 300.0
 
 
 async def _callers(ctx: Context, url: str, callers: int) -> dict[str, float]:
-    rounds = max(2, CALLS_PER_LEVEL // callers)
+    rounds = max(1, CALLS_PER_LEVEL // callers)
     host, port = host_port(url)
     ttfe: list[float] = []
     events = 0
