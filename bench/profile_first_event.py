@@ -8,7 +8,9 @@ sample count; ``--gil``: only threads holding the GIL, so waits on the network o
 do not show) and
 prints, per process, the CPU ms per call of each step of the path (each stack counted once, under
 the first step one of its frames matches), then under each frame that takes at least 2 % of it.
-Sampling at 1,000 Hz over a few hundred calls, each frame's figure is good to about ±0.05 ms.
+Sampling at 1,000 Hz over a few hundred calls, each frame's figure is good to about ±0.05 ms. The
+same number of calls is made first without py-spy, and the CPU each process used per call read
+from /proc: py-spy's figures are samples × 1 ms, so compare their shares, and scale them to that.
 """
 
 import asyncio
@@ -23,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from bench.context import QUICK, Context
-from bench.procs import Cluster, raise_open_files_limit
+from bench.procs import Cluster, raise_open_files_limit, tree_cpu_s
 from bench.results import percentile
 from bench.scenarios.peer import two_request_ms
 from bench.stack import factory_stack
@@ -33,7 +35,20 @@ WARMUP_CALLS = 20
 
 
 def _py_spy(pid: int, out: Path, subprocesses: bool) -> subprocess.Popen[bytes]:
-    args = ["py-spy", "record", "-p", str(pid), "-r", str(RATE_HZ), "--gil", "--format", "raw", "-o", str(out)]
+    args = [
+        "py-spy",
+        "record",
+        "-p",
+        str(pid),
+        "-r",
+        str(RATE_HZ),
+        "--gil",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "-o",
+        str(out),
+    ]
     if subprocesses:
         args.append("--subprocesses")
     py_spy = Path(sys.executable).parent / "py-spy"
@@ -115,6 +130,10 @@ async def _profile(out: Path, calls: int) -> None:
                     url = stack.gateway.url
                     for _ in range(WARMUP_CALLS):
                         await two_request_ms(ctx, url)
+                    pids = {"gateway": stack.gateway.pid, "worker": stack.workers[0].pid}
+                    cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+                    plain = [await two_request_ms(ctx, url) for _ in range(calls)]
+                    cpu_ms = {name: (tree_cpu_s(pid) - cpu0[name]) * 1000 / calls for name, pid in pids.items()}
                     spies = [
                         _py_spy(stack.gateway.pid, out / "gateway.txt", False),
                         _py_spy(stack.workers[0].pid, out / "worker.txt", True),
@@ -128,6 +147,9 @@ async def _profile(out: Path, calls: int) -> None:
         finally:
             cluster.stop_all()
     sys.stdout.write(
+        f"{calls} calls without py-spy: first event p50 {percentile(plain, 50):.2f} ms, "
+        f"p99 {percentile(plain, 99):.2f} ms; CPU per call (from /proc): gateway {cpu_ms['gateway']:.2f} ms, "
+        f"worker with its horse and runner {cpu_ms['worker']:.2f} ms\n"
         f"{calls} calls in {span:.1f} s: first event p50 {percentile(times, 50):.2f} ms, "
         f"p99 {percentile(times, 99):.2f} ms (py-spy attached)\n"
     )
