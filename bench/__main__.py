@@ -30,7 +30,18 @@ import redis
 from bench.context import FULL, QUICK, Context
 from bench.procs import Cluster, raise_open_files_limit
 from bench.results import ScenarioResult, table, write_json
-from bench.scenarios import ceilings, connections, environments, fanout, first_event, many_jobs, one_stream, scaling
+from bench.scenarios import (
+    ceilings,
+    connections,
+    curves,
+    environments,
+    fanout,
+    first_event,
+    many_jobs,
+    one_stream,
+    peer,
+    scaling,
+)
 
 logger = logging.getLogger("bench")
 
@@ -44,8 +55,11 @@ SCENARIOS: dict[str, Scenario] = {
     connections.NAME: connections.run,
     scaling.NAME: scaling.run,
     environments.NAME: environments.run,
+    peer.NAME: peer.run,
+    curves.NAME: curves.run,
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
+PLOTS = Path(__file__).resolve().parent.parent / "docs" / "curves"
 PACKAGES = (
     "redis",
     "hiredis",
@@ -68,6 +82,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only this scenario (repeatable)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
     parser.add_argument("--workdir", type=Path, help="keep Redis data and process logs here (default: a temp dir)")
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        help=f"where the curves scenario's PNGs go (default: {PLOTS} on a full run, none on --quick)",
+    )
     return parser.parse_args(argv)
 
 
@@ -148,6 +167,17 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # so `kill <pid>` unwinds like Ctrl-C and every child is stopped
 
 
+def _plot(args: argparse.Namespace, results: list[ScenarioResult]) -> None:
+    out = args.plots or (None if args.quick else PLOTS)
+    measured = next((r for r in results if r.name == curves.NAME and not r.error), None)
+    if out is None or measured is None:
+        return
+    from bench import plots  # noqa: PLC0415 - matplotlib is the bench extra's, needed only here
+
+    for path in plots.plot(measured.details, out):
+        logger.info("curve written: %s", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -165,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             cluster.stop_all()
     write_json(args.json, meta, results)
+    _plot(args, results)
     sys.stdout.write(table([r for r in results if r.figures or r.error]) + "\n")
     sys.stdout.write(f"\nresults written to {args.json}\n")
     return 1 if any(r.error for r in results) else 0

@@ -29,6 +29,15 @@ class Sizes:
     scaling_workers: tuple[int, ...]
     scaling_jobs: int
     sleep_s: float
+    peer_calls: int = 150  # sequential calls per form, for time to first event
+    peer_stream: int = 20_000
+    peer_trivial_jobs: int = 500
+    peer_many_jobs: int = 1_000
+    curve_callers: tuple[int, ...] = (1, 10, 100, 1000)
+    curve_streams: tuple[int, ...] = (100, 1_000, 3_000, 10_000)
+    curve_events_per_job: tuple[int, ...] = (1, 10, 100, 1_000)
+    curve_workers: tuple[int, ...] = (1, 2, 4, 8)
+    curve_cpu_s: float = 0.25  # CPU-bound job length
 
 
 FULL = Sizes(
@@ -67,6 +76,15 @@ QUICK = Sizes(
     scaling_workers=(1, 2),
     scaling_jobs=8,
     sleep_s=0.2,
+    peer_calls=20,
+    peer_stream=5_000,
+    peer_trivial_jobs=50,
+    peer_many_jobs=100,
+    curve_callers=(1, 10),
+    curve_streams=(100,),
+    curve_events_per_job=(1, 100),
+    curve_workers=(1, 2),
+    curve_cpu_s=0.1,
 )
 
 

@@ -22,3 +22,18 @@ def rq_queue() -> str:
 
 def celery_queue() -> str:
     return f"{NAMESPACE}-celery"
+
+
+def peer_queue() -> str:
+    """Celery queue of the peer stack (FastAPI + Celery + a Redis list and channel per job)."""
+    return f"{NAMESPACE}-peer"
+
+
+def peer_events_key(job_id: str) -> str:
+    """List of a peer-stack job's events, compact JSON, in order (its index is its position + 1)."""
+    return f"{NAMESPACE}:peer:{job_id}:events"
+
+
+def peer_channel(job_id: str) -> str:
+    """Pub/sub channel of a peer-stack job: messages ``<index>\\n<event JSON>``."""
+    return f"{NAMESPACE}:peer:{job_id}:channel"

@@ -45,6 +45,29 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its live descendants (each with the children it reaped):
+    a worker with its long-lived work horse and runner, a Celery worker with its pool processes."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        if (fields := _stat(current)) is not None:
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            todo += children.get(current, [])
+    return total
+
+
 @dataclass
 class Proc:
     name: str

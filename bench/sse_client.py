@@ -160,28 +160,47 @@ class SSEProtocol(asyncio.Protocol):
             stats.terminal = str(event["type"])
 
 
-def _request(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream", "Cache-Control: no-cache"]
+def _request(host: str, port: int, path: str, headers: dict[str, str], body: bytes | None = None) -> bytes:
+    """A GET, or a POST of a JSON ``body`` (the seed's one-request form answers it with the stream)."""
+    method = "GET" if body is None else "POST"
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Accept: text/event-stream",
+        "Cache-Control: no-cache",
+    ]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
 async def open_stream(
-    host: str, port: int, path: str, on_event: EventHandler | None = None, headers: dict[str, str] | None = None
+    host: str,
+    port: int,
+    path: str,
+    on_event: EventHandler | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
 ) -> SSEProtocol:
-    """Connect and send the GET; the returned protocol reads the stream from then on."""
+    """Connect and send the GET (a POST with ``body``); the returned protocol reads the stream from then on."""
     loop = asyncio.get_running_loop()
-    request = _request(host, port, path, headers or {})
+    request = _request(host, port, path, headers or {}, body)
     _, protocol = await loop.create_connection(lambda: SSEProtocol(request, on_event, loop), host, port)
     return protocol
 
 
 async def read_stream(
-    host: str, port: int, path: str, on_event: EventHandler | None = None, timeout_s: float = 120.0
+    host: str,
+    port: int,
+    path: str,
+    on_event: EventHandler | None = None,
+    timeout_s: float = 120.0,
+    body: bytes | None = None,
 ) -> StreamStats:
-    """Read a stream to its end (or ``timeout_s``) and return what was seen."""
+    """Read a stream to its end (or ``timeout_s``) and return what was seen (``body``: POST it)."""
     began_ns = time.time_ns()
-    protocol = await open_stream(host, port, path, on_event)
+    protocol = await open_stream(host, port, path, on_event, body=body)
     protocol.stats.opened_ns = began_ns
     try:
         await asyncio.wait_for(asyncio.shield(protocol.done), timeout_s)

@@ -4,6 +4,7 @@ and stopped when the scenario is done (so no scenario's processes compete with t
 
 import asyncio
 import resource
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ import redis.asyncio as aioredis
 
 from bench.calls import events_path, host_port, invoke
 from bench.context import Context
-from bench.procs import Proc
+from bench.procs import Proc, tree_cpu_s
 from bench.sse_client import read_stream
+from factory import keys
 
 
 def _client_cpu_s() -> float:
@@ -40,8 +42,9 @@ class FactoryStack:
 
     async def _cpu_now(self) -> dict[str, float]:
         return {
-            "gateways": sum(p.cpu_s() for p in self.gateways),
-            "workers": sum(p.cpu_s() for p in self.workers),
+            "gateways": sum(tree_cpu_s(p.pid) for p in self.gateways),
+            # With their live children: a worker's work horse and runner live for many jobs.
+            "workers": sum(tree_cpu_s(p.pid) for p in self.workers),
             "redis": await _redis_cpu_s(self.redis),
             "bench_client": _client_cpu_s(),
         }
@@ -51,8 +54,8 @@ class FactoryStack:
         self._cpu_start = await self._cpu_now()
 
     async def cpu_used_s(self) -> dict[str, float]:
-        """CPU seconds each role used since :meth:`mark_cpu` (workers include their work horses)."""
-        await asyncio.sleep(0.5)  # a horse's CPU is counted once its worker reaped it, just after its last event
+        """CPU seconds each role used since :meth:`mark_cpu` (workers include their work horses and runners)."""
+        await asyncio.sleep(0.5)  # a job's last writes come just after its last event
         now = await self._cpu_now()
         return {role: round(now[role] - self._cpu_start.get(role, 0.0), 2) for role in now}
 
@@ -67,6 +70,15 @@ async def run_job(ctx: Context, gateway: Proc, function_name: str, inputs: dict[
         raise RuntimeError(f"warm-up job {function_name} did not end with done: {ended}")
 
 
+async def wait_presence(client: aioredis.Redis, workers: int, timeout_s: float = 60.0) -> None:
+    """Until ``workers`` workers' presence records are live: a gateway refuses calls (NO_WORKER) before."""
+    deadline = time.monotonic() + timeout_s
+    while await client.zcount(keys.workers_key(), int(time.time() * 1000), "+inf") < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{workers} workers' presence records did not appear within {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+
+
 @asynccontextmanager
 async def factory_stack(ctx: Context, gateways: int = 1, workers: int = 1, **env: str) -> AsyncIterator[FactoryStack]:
     cluster = ctx.cluster
@@ -79,6 +91,7 @@ async def factory_stack(ctx: Context, gateways: int = 1, workers: int = 1, **env
         worker_procs = await asyncio.to_thread(cluster.start_workers, url, workers, **env) if workers else []
         started += worker_procs
         stack = FactoryStack(url, gateway_procs, worker_procs, client)
+        await wait_presence(client, workers)
         for gateway in gateway_procs if workers else []:
             # One job first: a fresh gateway's first two readers at once can race (see docs/benchmark.md).
             await run_job(ctx, gateway, "firehose", {"count": 10})

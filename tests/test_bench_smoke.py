@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(300)
 def test_quick_benchmark_delivers_every_event(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    scenarios = ["--only", "one-stream", "--only", "many-jobs"]
+    scenarios = ["--only", "one-stream", "--only", "many-jobs", "--only", "peer"]
     command = [sys.executable, "-m", "bench", "--quick", *scenarios, "--json", str(out)]
     bench = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -31,8 +31,8 @@ def test_quick_benchmark_delivers_every_event(tmp_path: Path) -> None:
 
     results = json.loads(out.read_text())
     assert results["meta"]["mode"] == "quick"
-    assert set(results["scenarios"]) >= {"one-stream", "many-jobs", "baselines"}
-    for name in ("one-stream", "many-jobs"):
+    assert set(results["scenarios"]) >= {"one-stream", "many-jobs", "peer", "baselines"}
+    for name in ("one-stream", "many-jobs", "peer"):
         scenario = results["scenarios"][name]
         assert scenario["error"] is None
         assert scenario["figures"], name
@@ -45,3 +45,10 @@ def test_quick_benchmark_delivers_every_event(tmp_path: Path) -> None:
     assert many["jobs"] == 100
     assert many["not_done"] == 0
     assert many["events_received"] == many["jobs"] * (many["events_per_job"] + 1)
+    # The peer stack ran in the same run: every figure compared with it has its baseline.
+    peer = results["scenarios"]["peer"]
+    assert all(f["baseline_value"] for f in peer["figures"] if f["baseline_name"])
+    for system in ("factory", "peer"):
+        batch = peer["details"]["many_jobs"][system]
+        assert batch["not_done"] == 0, system
+        assert batch["lost"] == 0, system

@@ -23,7 +23,7 @@ async def run(ctx: Context) -> ScenarioResult:
     out: dict[int, dict[str, float]] = {}
     figures: list[Figure] = []
     most = max(sizes.idle_streams)
-    async with factory_stack(ctx, workers=0, FACTORY_QUEUE_NAME="bench-idle-unserved") as stack:
+    async with factory_stack(ctx, workers=0, FACTORY_QUEUE_WITHOUT_WORKER="1") as stack:
         host, port = host_port(stack.gateway.url)
         jobs = -(-most // READERS_PER_JOB)
         job_ids = await submit_many(ctx.http, [stack.gateway.url], "sleepy", {"seconds": 1}, jobs)

@@ -35,6 +35,15 @@ def trivial() -> dict[str, Any]:
     return {"ok": True}
 
 
+def spin(seconds: float) -> dict[str, Any]:
+    """CPU-bound: count until ``seconds`` of this process's CPU time have gone."""
+    end = time.process_time() + seconds
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return {"spun_s": seconds, "n": n}
+
+
 def sleepy(seconds: float) -> dict[str, Any]:
     time.sleep(seconds)
     return {"slept_s": seconds}
