@@ -115,7 +115,7 @@ def prune_retired(client: redis.Redis, retention_s: int) -> int:
     gone = [
         d.deployment_id
         for d in read_all(client).values()
-        if d.state in (DeploymentState.RETIRED, DeploymentState.FAILED) and d.updated_ms < cutoff_ms
+        if d.state in (DeploymentState.RETIRED, DeploymentState.FAILED) and d.updated_ms <= cutoff_ms
     ]
     if gone:
         client.hdel(keys.deployments_key(), *gone)

@@ -1,5 +1,6 @@
-"""The gateway's periodic chores: the retention sweep of stored files and stale workspaces
-(``factory.retention``) and the lost-execution reaper (``factory.reaper``).
+"""The gateway's periodic chores: the retention sweep of stored files, stale workspaces and old
+deployment records (``factory.retention``, ``factory.registry``) and the lost-execution reaper
+(``factory.reaper``).
 
 Workers reap too; gateways do it as well so that a job whose workers all vanished still ends
 with ``WORKER_LOST`` and its readers are released, even while no worker is left.
@@ -16,6 +17,7 @@ import redis
 
 from factory.connections import RETRYABLE
 from factory.reaper import reap_once
+from factory.registry import prune_retired
 from factory.retention import sweep_once
 from factory.settings import Settings
 from factory.storage import Storage
@@ -31,6 +33,8 @@ async def sweep_forever(settings: Settings, storage: Storage, client: redis.Redi
             await asyncio.to_thread(
                 sweep_once, storage, client, settings.state_dir, settings.retention_s, settings.sweep_interval_s
             )
+            # Deployments retired (or failed) longer than the retention ago leave the catalog.
+            await asyncio.to_thread(prune_retired, client, settings.retention_s)
         except Exception:  # a failed round (storage or Redis away) must not end the loop
             logger.exception("retention sweep failed")
 

@@ -16,11 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from factory.registry import prune_retired, read_all, register_folders, undeploy
+from factory.settings import Settings
 from factory.webhooks import SIGNATURE_HEADER, webhook_signature
 from tests.prefab_kit import build, deploy, function, make_prefab, wait_deployed
 from tests.prefab_wheels import build_package_wheels
-from tests.stack import ENV_DIR, Stack, events_url, invoke, read_events, wait_status
+from tests.stack import ENV_DIR, Stack, deployment_of, events_url, invoke, read_events, wait_status
 from tests.webhook_receiver import webhook_receiver
 
 VERSION_MAIN = '''
@@ -353,3 +356,13 @@ def test_deployment_webhooks_are_signed_and_carry_the_manifest(make_stack: Stack
     assert len({e["event_id"] for e in started}) == 1  # a retried delivery keeps its event_id
     success = hooked[-1]
     assert success["deployment_id"] == deployment["deployment_id"] and success["manifest"]["id"] == "hooked"
+
+
+def test_retired_deployments_leave_the_catalog_after_the_retention(redis_url: str, settings: Settings) -> None:
+    client = redis.Redis.from_url(redis_url)
+    register_folders(client, settings)
+    retired = undeploy(client, deployment_of(client, "behaviours").deployment_id)
+    assert prune_retired(client, retention_s=3600) == 0  # retired moments ago: kept for its queued jobs
+    assert prune_retired(client, retention_s=0) == 1
+    assert retired.deployment_id not in read_all(client)
+    assert {d.prefab_id for d in read_all(client).values()} == {"streaming-examples"}
