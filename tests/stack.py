@@ -260,3 +260,12 @@ def enqueue_call(
     if rq_timeout_s is not None:  # RQ's own deadline, shorter than the factory's margin gives it
         client.hset(Job.key_for(job_id), "timeout", rq_timeout_s)
     return job_id
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent process of ``pid`` (from /proc), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])

@@ -17,7 +17,18 @@ import pytest
 
 from factory.embedded_redis import EmbeddedRedis, free_port
 from factory.supervisor import descendants
-from tests.stack import Gateway, Proc, Received, Stack, events_url, invoke, parse_frames, read_events, wait_status
+from tests.stack import (
+    Gateway,
+    Proc,
+    Received,
+    Stack,
+    events_url,
+    invoke,
+    parent_of,
+    parse_frames,
+    read_events,
+    wait_status,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -68,17 +79,9 @@ def assert_contiguous(events: list[Received]) -> None:
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 
-def _parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[1])
-
-
 def horse_pids(worker: Proc) -> list[int]:
     """The worker's work horses (its children; their prefab runners are theirs)."""
-    return sorted(pid for pid in descendants(worker.popen.pid) if _parent(pid) == worker.popen.pid)
+    return sorted(pid for pid in descendants(worker.popen.pid) if parent_of(pid) == worker.popen.pid)
 
 
 def kill_machine(worker: Proc) -> None:

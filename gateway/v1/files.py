@@ -127,10 +127,11 @@ class EcosystemFiles:
 
     def temp_ttl(self, raw: str | None) -> int:
         """A temporary file's lifetime: the form's ``ttl`` (default a day), at least 1 s, at most the retention."""
-        try:
-            ttl_s = int(raw) if raw is not None else 86400  # given but empty is not a number either
-        except ValueError as exc:
-            raise ValidationFailed("ttl must be a whole number of seconds") from exc
+        if raw is None:
+            return min(86400, self.settings.retention_s)
+        if not (raw.isascii() and raw.isdigit()):  # digits only: not "", " 5", "1_0", "+5" or "٣"
+            raise ValidationFailed("ttl must be a whole number of seconds")
+        ttl_s = int(raw)
         return max(1, min(ttl_s, self.settings.retention_s))
 
     # --- listing and cleanup ----------------------------------------------------------------------

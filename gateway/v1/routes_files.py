@@ -36,8 +36,9 @@ def _multipart(**fields: dict[str, str]) -> dict[str, Any]:
 
 _UPLOAD = _multipart()
 _UPLOAD_TEMP = _multipart(
-    ttl={"type": "integer", "description": "seconds to keep the file (at most the retention)"},
-    # No "type": a multipart field is text, so digits are as good a session id as letters.
+    # No "type" on either: a multipart field is text, so "0" is the whole number 0 and digits are as
+    # good a session id as letters; the patterns say what is accepted.
+    ttl={"pattern": "^[0-9]+$", "description": "whole seconds to keep the file (at most the retention)"},
     session_id={"pattern": SESSION_PATTERN, "description": "groups temporary files for cleanup_temp"},
 )
 Limit = Annotated[int, Query(ge=1, le=1000)]
