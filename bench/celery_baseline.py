@@ -43,9 +43,8 @@ def enqueue(app: Celery, key: str) -> None:
     app.send_task(TASK, args=[time.time_ns(), key], queue=keys.celery_queue())
 
 
-def main() -> None:
-    url, concurrency = sys.argv[1], sys.argv[2]
-    app = make_app(url)
+def run_worker(app: Celery, queue: str, concurrency: str) -> None:
+    """Run a Celery prefork worker on ``queue`` in this process, as both Celery baselines do."""
     app.worker_main(
         argv=[
             "worker",
@@ -53,12 +52,17 @@ def main() -> None:
             f"--concurrency={concurrency}",
             "--loglevel=INFO",
             "-Q",
-            keys.celery_queue(),
+            queue,
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
         ]
     )
+
+
+def main() -> None:
+    url, concurrency = sys.argv[1], sys.argv[2]
+    run_worker(make_app(url), keys.celery_queue(), concurrency)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import redis
 from celery import Celery
 
 from bench import keys
+from bench.celery_baseline import run_worker
 from bench.procs import BENCH_PREFABS, Cluster, Proc, wait_log
 
 TASK = "bench.peer.run"
@@ -108,20 +109,7 @@ def start_worker(cluster: Cluster, redis_url: str, concurrency: int) -> Proc:
 
 def main() -> None:
     url, concurrency = sys.argv[1], sys.argv[2]
-    app = make_app(url)
-    app.worker_main(
-        argv=[
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={concurrency}",
-            "--loglevel=INFO",
-            "-Q",
-            keys.peer_queue(),
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-    )
+    run_worker(make_app(url), keys.peer_queue(), concurrency)
 
 
 if __name__ == "__main__":
