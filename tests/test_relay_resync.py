@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from factory import keys
 from factory.eventlog import APPEND_LUA, append_args, append_keys
-from gateway.relay import EventStream, ReaderLimits
+from gateway.relay import FIRST_PAGE, EventStream, ReaderLimits
 from gateway.relay_hub import RelayHub, Subscriber
 from tests.job_log_kit import event, log_of, new_job
 
@@ -150,6 +150,35 @@ def test_a_reader_whose_mailbox_overflows_reads_the_log_again(redis_url: str) ->
         finally:
             await reader.close()
         assert received == numbered(log_of(admin, job_id)) == numbered([event(1), *big, DONE])
+
+    run(scenario)
+
+
+def log_reads(admin: redis.Redis) -> int:
+    """How many times anyone read a range of a list (the relay's only way of reading a job's log)."""
+    return int(admin.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
+
+
+def test_a_late_reader_reads_the_log_a_page_at_a_time_as_its_client_takes_it(redis_url: str) -> None:
+    """However long the log, a reader holds about ``buffer_bytes`` of it, and reads no page ahead of its client."""
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+    events = [event(n, payload="z" * 500) for n in range(1, 2001)]  # ~1 MB
+    admin.rpush(keys.events_key(job_id), *events, DONE)
+    buffer_bytes = 16 * 1024
+    per_page = buffer_bytes // len(events[-1])  # the pages after the first: a buffer's worth of events
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id, buffer_bytes=buffer_bytes, started=False)
+        try:
+            reads_before = log_reads(admin)
+            received = await reader.take(FIRST_PAGE + 2 * per_page)
+            assert log_reads(admin) - reads_before <= 3  # the first page, then two of a buffer's size
+            received += await reader.rest()
+            assert log_reads(admin) - reads_before >= 1 + (len(events) - FIRST_PAGE) // (per_page + 1)
+        finally:
+            await reader.close()
+        assert received == numbered([*events, DONE])
 
     run(scenario)
 
