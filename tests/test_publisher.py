@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from factory import keys
+from factory import keys, reaper
 from factory.eventlog import Outcome
 from factory.events import EVENT_LIMIT, TERMINAL_TYPES, split_batch
 from factory.jobs import JobStatus, now_ms, terminal_fields
@@ -156,9 +156,7 @@ def test_the_event_limit_is_exact_however_events_are_batched(
         assert record.status is JobStatus.FAILED and record.error is not None and record.error.code == EVENT_LIMIT
 
 
-def test_a_producer_is_not_held_up_by_a_slow_store_until_the_queue_is_full(
-    client: redis.Redis, admin: redis.Redis
-) -> None:
+def test_publish_only_queues_while_a_write_waits_on_redis(client: redis.Redis, admin: redis.Redis) -> None:
     """While a write waits on Redis, ``publish`` only queues: the producer goes on at its own pace."""
     job_id = new_job(admin)
     events = publisher(client, job_id)
@@ -177,3 +175,18 @@ def test_a_producer_is_not_held_up_by_a_slow_store_until_the_queue_is_full(
         assert log_of(admin, job_id) == []  # reads go on: nothing was written while writes are held
     events.finish(DONE, done_fields())
     assert len(log_of(admin, job_id)) == 1001
+
+
+def test_a_superseded_execution_stops_publishing_and_writes_nothing(client: redis.Redis, admin: redis.Redis) -> None:
+    """Once the job belongs to another execution, the publisher's first write is refused and it closes."""
+    job_id = new_job(admin)
+    first = reaper.claim(admin, job_id, 1, lost_after_s=30)
+    second = reaper.claim(admin, job_id, 1, lost_after_s=30)  # the first was declared lost meanwhile
+    assert first is not None and second is not None
+    events = EventPublisher(client, job_id, max_events=0, retention_s=600, redis_outage_s=10, token=first.token)
+    events.publish(event(1))
+    assert events.ended.wait(30), "the publisher did not close"
+    result = events.finish(DONE, done_fields())
+    assert result is not None and result.outcome is Outcome.SUPERSEDED
+    assert log_of(admin, job_id) == []
+    assert record_of(admin, job_id).status is JobStatus.STARTED  # left to the execution that owns it
