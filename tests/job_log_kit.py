@@ -3,7 +3,8 @@
 A job here is only its record, as an enqueue leaves it: nothing takes it off a queue, the test
 writes its events itself (``worker.publisher`` or the append script). ``held_writes`` holds every
 write command at the server (``CLIENT PAUSE WRITE``), so a test can keep a write in flight for as
-long as it needs and see, from ``CLIENT LIST``, that a given connection is waiting on one.
+long as it needs and see, from ``CLIENT LIST``, that a given connection is waiting on one;
+``log_reads`` counts, from the server's command statistics, how often the log was read.
 """
 
 import time
@@ -53,6 +54,11 @@ def wait_for_log_length(client: redis.Redis, job_id: str, length: int) -> None:
 
 def record_of(client: redis.Redis, job_id: str) -> JobRecord:
     return JobRecord.from_hash(client.hgetall(keys.job_key(job_id)))  # type: ignore[arg-type]
+
+
+def log_reads(admin: redis.Redis) -> int:
+    """How many list ranges the server has read, from any client (the relay reads a job's log no other way)."""
+    return int(admin.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
 
 
 def is_waiting_on_a_write(admin: redis.Redis, client_name: str) -> bool:

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from factory.settings import Settings
 from gateway.app import create_app
+from tests.job_log_kit import log_reads
 from tests.shapes import assert_error
 from tests.stack import Stack, invoke, parse_frames, read_events, wait_status
 
@@ -248,11 +249,6 @@ def test_event_size_limit_ends_the_job_and_keeps_its_events(make_stack: Stack) -
 
 MB = 1024 * 1024
 STALL_BUFFER_BYTES = 16 * 1024
-
-
-def log_reads(client: redis.Redis) -> int:
-    """How many times anyone read a range of a list (the relay's only way of reading a job's log)."""
-    return int(client.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
 
 
 def stalled_bytes() -> int:

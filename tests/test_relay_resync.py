@@ -10,7 +10,7 @@ channel message that got lost.
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from factory import keys
 from factory.eventlog import APPEND_LUA, append_args, append_keys
 from gateway.relay import FIRST_PAGE, EventStream, ReaderLimits
 from gateway.relay_hub import RelayHub, Subscriber
-from tests.job_log_kit import event, log_of, new_job
+from tests.job_log_kit import event, log_of, log_reads, new_job
 
 HUB = "relay-hub-under-test"
 DONE = orjson.dumps({"type": "done", "data": None})
@@ -31,13 +31,10 @@ def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 
 
-async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
+async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
     """Poll ``condition`` (letting the hub run meanwhile) until it holds, within a generous deadline."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        held = condition()
-        if held if isinstance(held, bool) else await held:
-            return
+    while not condition():
         assert time.monotonic() < deadline, f"never happened: {what}"
         await asyncio.sleep(0.01)
 
@@ -89,7 +86,7 @@ class Reader:
         return await anext(self.writes)
 
     async def take(self, count: int) -> list[tuple[int, bytes]]:
-        """Read until ``count`` more frames came."""
+        """Take writes until they hold ``count`` more frames."""
         writes: list[bytes] = []
         while len(parse(writes)) < count:
             next_write, self._next = self._next or asyncio.create_task(self._write()), None
@@ -154,11 +151,6 @@ def test_a_reader_whose_mailbox_overflows_reads_the_log_again(redis_url: str) ->
     run(scenario)
 
 
-def log_reads(admin: redis.Redis) -> int:
-    """How many times anyone read a range of a list (the relay's only way of reading a job's log)."""
-    return int(admin.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
-
-
 def test_a_late_reader_reads_the_log_a_page_at_a_time_as_its_client_takes_it(redis_url: str) -> None:
     """However long the log, a reader holds about ``buffer_bytes`` of it, and reads no page ahead of its client."""
     admin = redis.Redis.from_url(redis_url)
@@ -173,7 +165,8 @@ def test_a_late_reader_reads_the_log_a_page_at_a_time_as_its_client_takes_it(red
         try:
             reads_before = log_reads(admin)
             received = await reader.take(FIRST_PAGE + 2 * per_page)
-            assert log_reads(admin) - reads_before <= 3  # the first page, then two of a buffer's size
+            # The first page, then two of a buffer's size (a write never holds frames of two pages).
+            assert log_reads(admin) - reads_before <= 3
             received += await reader.rest()
             assert log_reads(admin) - reads_before >= 1 + (len(events) - FIRST_PAGE) // (per_page + 1)
         finally:
@@ -204,7 +197,7 @@ def test_a_gap_in_the_channels_seqs_is_filled_from_the_log(redis_url: str) -> No
 
 
 def test_events_both_in_the_log_and_on_the_channel_are_sent_once(redis_url: str) -> None:
-    """An event appended between the subscribe and the first read of the log reaches the reader twice."""
+    """Events appended between the subscribe and the first read of the log are in both; each is sent once."""
     admin = redis.Redis.from_url(redis_url)
     job_id = new_job(admin)
 
