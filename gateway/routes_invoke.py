@@ -4,14 +4,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from factory.deployed import Target
 from factory.jobs import InvocationRequest, JobStatus
 from factory.sealing import seal_declared
 from gateway.deps import GatewayState, StateDep
 from gateway.schemas import CallBody, ErrorResponse, InvokeAccepted, InvokeBody, RuntimeResult, SeedInvokeBody
-from gateway.streaming import check_capacity, open_stream
+from gateway.streaming import RelayResponse, check_capacity, open_stream
 from gateway.waiting import wait_for_end
 
 router = APIRouter(
@@ -98,13 +97,13 @@ _SEED_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/invoke/{function_name}", response_class=EventSourceResponse, responses=_SEED_RESPONSES)
+@router.post("/invoke/{function_name}", response_class=RelayResponse, responses=_SEED_RESPONSES)
 async def invoke_function(function_name: str, body: SeedInvokeBody, http: Request, state: StateDep) -> Response:
     """The seed's form, with the prefab found by the (unique) function name."""
     return await _seed_invoke(state, http, None, function_name, body)
 
 
-@router.post("/invoke/{prefab_id}/{function_name}", response_class=EventSourceResponse, responses=_SEED_RESPONSES)
+@router.post("/invoke/{prefab_id}/{function_name}", response_class=RelayResponse, responses=_SEED_RESPONSES)
 async def invoke_prefab_function(
     prefab_id: str, function_name: str, body: SeedInvokeBody, http: Request, state: StateDep
 ) -> Response:
