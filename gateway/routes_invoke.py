@@ -50,11 +50,13 @@ def _job_headers(state: GatewayState, job_id: str) -> dict[str, str]:
 
 
 def _accepted(state: GatewayState, http: Request, job_id: str) -> InvokeAccepted:
+    # What ``url_for("get_job")`` and ``url_for("job_events")`` give, without walking the routes per call.
+    status_url = f"{str(http.base_url).rstrip('/')}/jobs/{job_id}"
     return InvokeAccepted(
         job_id=job_id,
         status=JobStatus.QUEUED,
-        events_url=str(http.url_for("job_events", job_id=job_id)),
-        status_url=str(http.url_for("get_job", job_id=job_id)),
+        events_url=f"{status_url}/events",
+        status_url=status_url,
         token=_token(state, job_id),
     )
 

@@ -57,10 +57,11 @@ class RelayResponse(Response):
         state: GatewayState,
         headers: Mapping[str, str],
         send_timeout_s: float,
+        status_code: int = 200,  # FastAPI reads the documented status from this default
         background: BackgroundTask | None = None,
     ) -> None:
         # As Starlette's StreamingResponse: no ``Response.__init__``, which would declare a body of 0 bytes.
-        self.status_code = 200
+        self.status_code = status_code
         self.background = background
         self.init_headers(
             {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no", **headers}
