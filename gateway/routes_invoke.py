@@ -62,13 +62,18 @@ def _accepted(state: GatewayState, http: Request, job_id: str) -> InvokeAccepted
 
 
 @router.post("/invoke", status_code=202, response_model=InvokeAccepted)
-async def invoke(body: InvokeBody, http: Request, response: Response, state: StateDep) -> InvokeAccepted:
+async def invoke(body: InvokeBody, http: Request, state: StateDep) -> Response:
     """Enqueue a call and answer at once with the job id and where to follow it."""
     target, request = await _prepare(state, body.prefab_id, body.function_name, body)
     await _enqueue(state, target, request)
     accepted = _accepted(state, http, request.job_id)
-    response.headers["Location"] = accepted.status_url
-    return accepted
+    # Serialized here, once: a model returned to FastAPI is validated again against response_model.
+    return Response(
+        accepted.model_dump_json(),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": accepted.status_url},
+    )
 
 
 async def _seed_invoke(
