@@ -78,12 +78,13 @@ def done_fields() -> dict[str, bytes]:
 
 
 def test_first_and_lone_events_are_written_without_waiting_for_more(client: redis.Redis, admin: redis.Redis) -> None:
-    """Each event reaches the log while the producer publishes nothing else: no event waits for company."""
+    """The first event is in the log once ``publish`` returns; a lone later one reaches it while the producer
+    publishes nothing else: no event waits for company."""
     job_id = new_job(admin)
     channel = Channel(admin, job_id)
     events = publisher(client, job_id)
     events.publish(event(1))
-    wait_until(lambda: log_of(admin, job_id) == [event(1)], "the first event in the log")
+    assert log_of(admin, job_id) == [event(1)]  # written on the caller's thread, at once
     events.publish(event(2))  # a lone event after a quiet spell
     wait_until(lambda: log_of(admin, job_id) == [event(1), event(2)], "the lone event in the log")
     result = events.finish(DONE, done_fields())
@@ -108,19 +109,20 @@ def test_events_queued_behind_a_write_go_in_batches_of_at_most_max_batch(
     job_id = new_job(admin)
     channel = Channel(admin, job_id)
     events = publisher(client, job_id)
-    count = 1 + 2 * MAX_BATCH + 5
+    count = 2 + 2 * MAX_BATCH + 5
+    events.publish(event(1))  # written at once, on this thread
     with held_writes(admin):
-        events.publish(event(1))
-        wait_until(lambda: is_waiting_on_a_write(admin, PUBLISHER), "the first event's write in flight")
-        for n in range(2, count + 1):
+        events.publish(event(2))  # the publisher thread's first write, held at the server
+        wait_until(lambda: is_waiting_on_a_write(admin, PUBLISHER), "the second event's write in flight")
+        for n in range(3, count + 1):
             events.publish(event(n))  # they queue up behind the write in flight
     result = events.finish(DONE, done_fields())
     assert result is not None and result.outcome is Outcome.APPENDED and result.last_seq == count + 1
     assert log_of(admin, job_id) == [event(n) for n in range(1, count + 1)] + [DONE]
     batches = channel.batches()
-    # The first event went alone; what queued behind it went MAX_BATCH at a time, then the rest.
-    assert batches[:3] == [(1, 1), (2, MAX_BATCH), (2 + MAX_BATCH, MAX_BATCH)]
-    assert sum(size for _, size in batches[3:]) == 5 + 1
+    # The first two went alone; what queued behind the second went MAX_BATCH at a time, then the rest.
+    assert batches[:4] == [(1, 1), (2, 1), (3, MAX_BATCH), (3 + MAX_BATCH, MAX_BATCH)]
+    assert sum(size for _, size in batches[4:]) == 5 + 1
 
 
 @pytest.mark.parametrize("own_events", [5, 6])
@@ -133,11 +135,12 @@ def test_the_event_limit_is_exact_however_events_are_batched(
     job_id = new_job(admin)
     events = publisher(client, job_id, max_events=5)
     if batched:
+        events.publish(event(1))
         with held_writes(admin):
-            events.publish(event(1))
-            wait_until(lambda: is_waiting_on_a_write(admin, PUBLISHER), "the first event's write in flight")
-            for n in range(2, own_events + 1):
-                events.publish(event(n))  # all of them in the one batch behind the first write
+            events.publish(event(2))
+            wait_until(lambda: is_waiting_on_a_write(admin, PUBLISHER), "the second event's write in flight")
+            for n in range(3, own_events + 1):
+                events.publish(event(n))  # all of them in the one batch behind the second write
     else:
         for n in range(1, own_events + 1):
             events.publish(event(n))
@@ -162,17 +165,18 @@ def test_publish_only_queues_while_a_write_waits_on_redis(client: redis.Redis, a
     events = publisher(client, job_id)
 
     def produce() -> None:
-        for n in range(2, 1001):
+        for n in range(3, 1001):
             events.publish(event(n))
 
+    events.publish(event(1))
     with held_writes(admin):
-        events.publish(event(1))
-        wait_until(lambda: is_waiting_on_a_write(admin, PUBLISHER), "the first event's write in flight")
+        events.publish(event(2))
+        wait_until(lambda: is_waiting_on_a_write(admin, PUBLISHER), "the second event's write in flight")
         producer = threading.Thread(target=produce)
         producer.start()
         producer.join(30)
         assert not producer.is_alive(), "publish waited on Redis although its queue had room"
-        assert log_of(admin, job_id) == []  # reads go on: nothing was written while writes are held
+        assert log_of(admin, job_id) == [event(1)]  # reads go on: nothing was written while writes are held
     events.finish(DONE, done_fields())
     assert len(log_of(admin, job_id)) == 1001
 

@@ -40,10 +40,10 @@ async def eventually(condition: Callable[[], bool], what: str, timeout_s: float 
 
 
 def parse(writes: list[bytes]) -> list[tuple[int, bytes]]:
-    """The ``(seq, event)`` of every SSE frame in the writes, in order."""
+    """The ``(seq, event)`` of every SSE frame in the writes, in order (comments, keep-alives, left out)."""
     frames = []
     for block in b"".join(writes).split(b"\n\n"):
-        if block:
+        if block and not block.startswith(b":"):
             head, data = block.split(b"\n")
             assert head.startswith(b"id: ") and data.startswith(b"data: "), block
             frames.append((int(head[4:]), data[6:]))
