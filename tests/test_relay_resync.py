@@ -85,23 +85,26 @@ class Reader:
     async def _write(self) -> bytes:
         return await anext(self.writes)
 
+    async def _take_writes(self, enough: Callable[[list[bytes]], bool], what: str) -> list[bytes]:
+        writes: list[bytes] = []
+        try:
+            async with asyncio.timeout(30):
+                while not enough(writes):
+                    next_write, self._next = self._next or asyncio.create_task(self._write()), None
+                    writes.append(await next_write)
+        except TimeoutError:
+            raise AssertionError(f"never came: {what}; got {parse(writes)}") from None
+        except StopAsyncIteration:
+            pass
+        return writes
+
     async def take(self, count: int) -> list[tuple[int, bytes]]:
         """Take writes until they hold ``count`` more frames."""
-        writes: list[bytes] = []
-        while len(parse(writes)) < count:
-            next_write, self._next = self._next or asyncio.create_task(self._write()), None
-            writes.append(await asyncio.wait_for(next_write, 30))
-        return parse(writes)
+        return parse(await self._take_writes(lambda writes: len(parse(writes)) >= count, f"{count} frames"))
 
     async def rest(self) -> list[tuple[int, bytes]]:
-        """Read to the end of the stream (the terminal event)."""
-        writes: list[bytes] = []
-        while True:
-            next_write, self._next = self._next or asyncio.create_task(self._write()), None
-            try:
-                writes.append(await asyncio.wait_for(next_write, 30))
-            except StopAsyncIteration:
-                return parse(writes)
+        """Take writes to the end of the stream (the terminal event)."""
+        return parse(await self._take_writes(lambda _: False, "the end of the stream"))
 
     async def close(self) -> None:
         if self._next is not None:
