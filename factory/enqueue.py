@@ -6,6 +6,8 @@ imports worker code. Each enqueue also rings the queue's doorbell, which wakes t
 blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up hint only.
 """
 
+import functools
+
 import redis
 import redis.asyncio as aioredis
 from redis.client import Pipeline
@@ -31,6 +33,13 @@ def queue_for(settings: Settings, request: InvocationRequest, client: redis.Redi
         name = keys.deploy_queue_name(settings.queue_name)
     else:
         name = keys.prefab_queue_name(settings.queue_name, request.prefab_id)
+    return _queue(client, name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _queue(client: redis.Redis, name: str) -> Queue:
+    """One ``Queue`` per client and name: RQ asks the server's version (an ``INFO`` round trip) once
+    per ``Queue`` object, on its first enqueue."""
     return Queue(name, connection=client, serializer=JSONSerializer)
 
 
