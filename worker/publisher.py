@@ -96,7 +96,12 @@ class EventPublisher:
         self._queue.put(event)
 
     def finish(self, event: bytes, fields: dict[str, bytes], mode: Mode = Mode.TERMINAL) -> AppendResult | None:
-        """Queue the last event (terminal, or ``retry`` with ``Mode.RETRY``), wait until all is written; its outcome."""
+        """Queue the last event (terminal, or ``retry`` with ``Mode.RETRY``), wait until all is written; its outcome.
+
+        Once the publisher has stopped (the log closed, or Redis stayed away), nothing more is written.
+        """
+        if self.ended.is_set():
+            return self.final
         self._queue.put(_Terminal(event, fields, mode))
         if self._thread.ident is None:
             self._run()  # nothing was published before: no thread to hand it to
