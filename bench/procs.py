@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from factory.embedded_redis import HOST, EmbeddedRedis, free_port
+from factory_cli.embedded_redis import HOST, EmbeddedRedis, free_port
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ import redis
 from rq.job import Job
 
 from factory.deployments import Deployment
-from factory.embedded_redis import free_port
 from factory.enqueue import enqueue
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
 from factory.registry import read_all
 from factory.settings import Settings
+from factory_cli.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFAB_DIRS = [ROOT / "prefabs", ROOT / "tests" / "prefabs"]

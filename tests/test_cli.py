@@ -24,10 +24,10 @@ import redis
 import typer
 from typer.testing import CliRunner
 
-from factory.cli import app
-from factory.cli_jobs import parse_inputs
-from factory.client import FactoryClient, FactoryClientError
 from factory.settings import Settings, settings_env
+from factory_cli.app import app
+from factory_cli.jobs import parse_inputs
+from factory_client.client import FactoryClient, FactoryClientError
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDE = {"COLUMNS": "300"}  # rich tables must not wrap the messages the tests look for
@@ -134,7 +134,7 @@ def test_worker_and_gateway_need_a_redis_url() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FACTORY_REDIS_URL")}
     for command in ("worker", "gateway"):
         result = subprocess.run(
-            [sys.executable, "-m", "factory.cli", command], env=env, capture_output=True, text=True, timeout=30
+            [sys.executable, "-m", "factory_cli", command], env=env, capture_output=True, text=True, timeout=30
         )
         assert result.returncode == 2, result.stderr
         assert "REDIS_URL is not set" in result.stderr
@@ -413,7 +413,7 @@ from pathlib import Path
 
 from factory import logs
 from factory.settings import Settings
-from factory.supervisor import Supervisor
+from factory_cli.supervisor import Supervisor
 
 marks, state, stand_in = sys.argv[1:4]
 logs.configure("supervisor", "INFO", as_json=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from factory.embedded_redis import free_port
+from factory_cli.embedded_redis import free_port
 from tests.stack import ROOT, parse_frames
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +49,7 @@ def alive(pid: int) -> bool:
 def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_") and k != "REDIS_URL"}
-    command = [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--workers", "2"]
+    command = [sys.executable, "-m", "factory_cli", "up", "--port", str(port), "--workers", "2"]
     command += ["--state-dir", str(tmp_path / "state"), "--prefabs", str(ROOT / "prefabs")]
     with (tmp_path / "up.log").open("wb") as log:
         up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -75,7 +75,7 @@ def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None
         assert record["url"] == url
         cli_env = {**env, "FACTORY_STATE_DIR": str(tmp_path / "state")}
         invoked = subprocess.run(
-            [sys.executable, "-m", "factory.cli", "invoke", "word_count", "-i", "text=up up down"],
+            [sys.executable, "-m", "factory_cli", "invoke", "word_count", "-i", "text=up up down"],
             cwd=tmp_path,
             env=cli_env,
             capture_output=True,
@@ -104,7 +104,7 @@ def test_kill_9_of_up_leaves_nothing_running(tmp_path: Path) -> None:
     """The supervisor killed outright runs no cleanup: its children must go by themselves."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_") and k != "REDIS_URL"}
-    command = [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--workers", "2"]
+    command = [sys.executable, "-m", "factory_cli", "up", "--port", str(port), "--workers", "2"]
     command += ["--state-dir", str(tmp_path / "state"), "--prefabs", str(ROOT / "prefabs")]
     with (tmp_path / "up.log").open("wb") as log:
         up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -1,8 +1,7 @@
 """The supervisor behind ``factory up``: Redis (embedded unless ``REDIS_URL`` is set), one gateway, N workers.
 
-The gateway and workers are started by module name (``python -m gateway``, ``python -m worker``)
-so this package never imports them; their settings reach them as environment variables
-(``settings_env``), with every path made absolute.
+The gateway and workers run as processes (``python -m gateway``, ``python -m worker``), their
+settings reaching them as environment variables (``settings_env``), with every path made absolute.
 
 Each child runs in its own session: a Ctrl-C in the terminal reaches the supervisor only, which
 then stops things in order (gateway and workers with SIGTERM, so a worker's graceful shutdown can finish
@@ -10,7 +9,7 @@ or hand back the running job, then Redis last). A second Ctrl-C skips the grace 
 still alive after ``shutdown_grace_s + 5`` s is killed with its process group and every
 descendant seen, which catches the workers' work horses (each in a process group of its own).
 A supervisor killed outright (``kill -9``) takes its children with it: each is started with
-``factory.orphans.die_with_parent`` and gets SIGTERM when the supervisor dies.
+``factory_cli.orphans.die_with_parent`` and gets SIGTERM when the supervisor dies.
 
 A child that exits while the factory is up is restarted with exponential backoff; a gateway
 that keeps failing right after its start (a port already taken, a bad setting) stops the whole
@@ -27,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from factory.embedded_redis import EmbeddedRedis, state_password
-from factory.orphans import die_with_parent
+import gateway
+import worker
 from factory.settings import Settings, child_environ
+from factory_cli.embedded_redis import EmbeddedRedis, state_password
+from factory_cli.orphans import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,8 @@ class Supervisor:
                 "state_dir": settings.state_dir.resolve(),
             }
         )
-        self.gateway_command = gateway_command or [sys.executable, "-m", "gateway"]
-        self.worker_command = worker_command or [sys.executable, "-m", "worker"]
+        self.gateway_command = gateway_command or [sys.executable, "-m", gateway.__name__]
+        self.worker_command = worker_command or [sys.executable, "-m", worker.__name__]
         self.children: list[Child] = []
         self.redis: EmbeddedRedis | None = None
         # Plain flags, not threading.Event: a signal handler must never wait for a lock the main thread holds.

@@ -31,7 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from factory.orphans import die_with_parent
+from factory_cli.orphans import die_with_parent
 
 logger = logging.getLogger(__name__)
 
