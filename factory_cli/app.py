@@ -1,5 +1,5 @@
 """The ``factory`` command: up, gateway, worker, validate, new here; invoke, jobs, status, follow, cancel
-in :mod:`factory_cli.jobs`; deploy, undeploy in :mod:`factory_cli.deploy`.
+in :mod:`factory_cli.jobs`; deploy, undeploy in :mod:`factory_cli.deploy`; workers in :mod:`factory_cli.workers`.
 
 ``up`` supervises Redis, the gateway and the workers; ``gateway`` and ``worker`` replace this
 process (``os.execve``) with ``python -m gateway`` / ``python -m worker``, their settings passed
@@ -30,6 +30,7 @@ from factory.errors import ManifestError
 from factory.hardening import make_undumpable
 from factory.settings import Settings, child_environ
 from factory_cli import deploy, jobs, preflight
+from factory_cli import workers as workers_command
 from factory_cli.common import EXIT_CODES_HELP, ExitCode, client_for, local_url
 from factory_cli.common import settings_from as _settings
 from factory_cli.common import stderr as _stderr
@@ -61,7 +62,7 @@ StateDirOption = Annotated[
 ]
 
 # Commands whose own output reports everything: library logs only on --verbose.
-_QUIET_LOGS = {"validate", "new", "invoke", "jobs", "status", "follow", "cancel", "deploy", "undeploy"}
+_QUIET_LOGS = {"validate", "new", "invoke", "jobs", "status", "follow", "cancel", "deploy", "undeploy", "workers"}
 
 for _command in (jobs.invoke, jobs.jobs, jobs.status, jobs.follow, jobs.cancel):
     app.command(epilog=EXIT_CODES_HELP)(_command)
@@ -246,6 +247,7 @@ def new(
 
 app.command()(deploy.deploy)
 app.command()(deploy.undeploy)
+app.command()(workers_command.workers)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from factory_cli.embedded_redis import EmbeddedRedis, free_port
-from factory_cli.supervisor import descendants
+from factory_cli.processes import descendants
 from tests.stack import (
     Gateway,
     Proc,
