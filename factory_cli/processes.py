@@ -188,23 +188,21 @@ def spawn(
 
     ``tied``: the child gets SIGTERM when this process dies, even SIGKILLed (``factory_cli.orphans``).
     """
-    preexec = die_with_parent() if tied else None
-    if log_path is None:
+    log = log_path.open("ab") if log_path is not None else None
+    try:
         popen = subprocess.Popen(
-            list(command), cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec
+            list(command),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+            start_new_session=True,
+            preexec_fn=die_with_parent() if tied else None,
         )
-    else:
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                list(command),
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
+    finally:
+        if log is not None:
+            log.close()  # the child has its own copy
     logger.info("started %s (pid %d)", name, popen.pid)
     return Child(name, popen, log_path)
 

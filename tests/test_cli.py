@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from factory.settings import Settings, settings_env
 from factory_cli.app import app
 from factory_cli.jobs import parse_inputs
+from factory_cli.processes import start_time
 from factory_client.client import FactoryClient, FactoryClientError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -425,11 +426,7 @@ sys.exit(Supervisor(settings, gateway_command=[*child, "gateway"], worker_comman
 
 def _running(pid: int) -> bool:
     """Whether the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
+    return start_time(pid) is not None
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
