@@ -11,6 +11,8 @@ COPY pyproject.toml README.md ./
 COPY factory ./factory
 COPY gateway ./gateway
 COPY worker ./worker
+COPY factory_cli ./factory_cli
+COPY factory_client ./factory_client
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[prefabs]'
 
 # --- run

@@ -15,7 +15,7 @@ from bench.context import Context
 from bench.procs import Proc, wait_http
 from bench.results import percentile
 from bench.sse_client import read_stream
-from factory.embedded_redis import HOST, free_port
+from factory_cli.embedded_redis import HOST, free_port
 
 
 @asynccontextmanager

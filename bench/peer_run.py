@@ -14,7 +14,7 @@ from bench.calls import events_path, host_port, invoke
 from bench.context import Context
 from bench.procs import Cluster, Proc, wait_http
 from bench.sse_client import read_stream
-from factory.embedded_redis import free_port
+from factory_cli.embedded_redis import free_port
 
 WARMUP_JOBS = 4
 

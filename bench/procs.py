@@ -1,24 +1,26 @@
 """The processes a run starts: one redis-server, and gateways, workers and baseline servers.
 
-Everything runs on the loopback. Children start in sessions of their own (so a worker and its
-work horses can be stopped together) with the bench's raised open-file limit, and each writes
-its log under the run's work directory. :class:`Cluster` remembers what it started and stops
-exactly that, newest first.
+Everything runs on the loopback. Children are spawned and stopped by ``factory_cli.processes``
+(sessions of their own; a stop kills a worker's work horses with it) with the bench's raised
+open-file limit, and each writes its log under the run's work directory. A gateway is ready when
+``/readyz`` answers, a worker when its presence record is in Redis, a plain RQ worker when RQ's
+registry lists it. :class:`Cluster` remembers what it started and stops exactly that, newest first.
 """
 
 import logging
 import os
 import resource
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import redis
+from rq.worker import Worker
 
-from factory.embedded_redis import HOST, EmbeddedRedis, free_port
+import gateway
+import worker
+from factory_cli import processes
+from factory_cli.embedded_redis import HOST, EmbeddedRedis, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +71,10 @@ def tree_cpu_s(pid: int) -> float:
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    port: int = 0
+class Proc(processes.Child):
+    """A process of the run, and the port it serves on (0 for none)."""
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    port: int = 0
 
     @property
     def url(self) -> str:
@@ -88,23 +85,9 @@ class Proc:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
         return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL to its process group (its work horses too) if it will not go."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in %g s; killing its process group", self.name, timeout_s)
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.popen.wait(5)
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL to it and every descendant seen (its work horses too) if it will not go."""
+        return super().stop(timeout_s)
 
 
 @dataclass
@@ -143,32 +126,27 @@ class Cluster:
 
     def spawn(self, name: str, args: list[str], env: dict[str, str], port: int = 0) -> Proc:
         log_path = self.workdir / f"{name}-{len(self.procs)}.log"
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log_path, port)
+        child = processes.spawn(name, [sys.executable, *args], env, cwd=ROOT, log_path=log_path)
+        proc = Proc(name, child.popen, log_path, port=port)
         self.procs.append(proc)
         return proc
 
     def start_gateway(self, redis_url: str, **extra: str) -> Proc:
         port = free_port()
         env = self._env(redis_url, {"FACTORY_HOST": HOST, "FACTORY_PORT": str(port), **extra})
-        proc = self.spawn("gateway", ["-m", "gateway"], env, port)
+        proc = self.spawn("gateway", ["-m", gateway.__name__], env, port)
         wait_http(proc, "/readyz")
         return proc
 
     def start_workers(self, redis_url: str, count: int, **extra: str) -> list[Proc]:
-        """Start ``count`` workers at once and return when each listens on its queue."""
-        procs = [self.spawn("worker", ["-m", "worker"], self._env(redis_url, extra)) for _ in range(count)]
-        for proc in procs:
-            wait_log(proc, "Listening on")
+        """Start ``count`` workers at once and return when each has its presence record in Redis."""
+        procs = [self.spawn("worker", ["-m", worker.__name__], self._env(redis_url, extra)) for _ in range(count)]
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        try:
+            for proc in procs:
+                proc.wait_ready(processes.worker_listed(client, proc.pid), READY_TIMEOUT_S)
+        finally:
+            client.close()
         return procs
 
     def start_module(self, name: str, module: str, args: list[str], redis_url: str, *, port: int = 0) -> Proc:
@@ -189,22 +167,22 @@ class Cluster:
 
 
 def wait_http(proc: Proc, path: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited:\n{proc.log()[-3000:]}")
-        try:
-            if httpx.get(proc.url + path, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{proc.name} did not answer {path}:\n{proc.log()[-3000:]}")
+    """Wait until ``GET path`` on the process answers 200."""
+    proc.wait_ready(processes.http_ok(proc.url + path), READY_TIMEOUT_S)
 
 
 def wait_log(proc: Proc, needle: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while needle not in proc.log():
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.name} did not start:\n{proc.log()[-3000:]}")
-        time.sleep(0.05)
+    """Wait until a third-party process (a Celery worker) has logged ``needle``: it offers no better probe here."""
+    proc.wait_ready(lambda: needle in proc.log(), READY_TIMEOUT_S)
+
+
+def rq_worker_listed(client: redis.Redis, pid: int) -> processes.Probe:
+    """A probe: a plain RQ worker of that pid has registered itself (RQ's worker registry)."""
+
+    def probe() -> bool:
+        try:
+            return any(registered.pid == pid for registered in Worker.all(connection=client))
+        except (redis.RedisError, OSError):
+            return False
+
+    return probe

@@ -15,7 +15,7 @@ import redis
 
 from bench import keys, rq_baseline
 from bench.context import Context
-from bench.procs import Proc, wait_log
+from bench.procs import READY_TIMEOUT_S, Proc, rq_worker_listed, wait_log
 from bench.results import percentile
 
 WARMUP_JOBS = 5
@@ -98,7 +98,11 @@ async def _measure(
 def _rq_worker(ctx: Context) -> Callable[[str, int], Proc]:
     def start(url: str, concurrency: int) -> Proc:
         proc = ctx.cluster.start_module("rq-worker", "bench.rq_baseline", [url], url)
-        wait_log(proc, "Listening on")
+        client = redis.Redis.from_url(url)
+        try:
+            proc.wait_ready(rq_worker_listed(client, proc.pid), READY_TIMEOUT_S)
+        finally:
+            client.close()
         return proc
 
     return start

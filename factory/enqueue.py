@@ -18,9 +18,9 @@ from factory import keys
 from factory.errors import ServiceUnavailable
 from factory.jobs import InvocationRequest, JobRecord
 from factory.retention import note_recent
+from factory.rqtask import TASK
 from factory.settings import Settings
 
-TASK = "worker.tasks.run_invocation"
 # RQ's own deadline is a backstop behind the worker's: the worker kills a horse past it.
 RQ_TIMEOUT_MARGIN_S = 30
 DOORBELL_LENGTH = 64

@@ -5,10 +5,20 @@ Each worker keeps its :class:`WorkerPresence` fresh under ``keys.worker_key(name
 record lapses (``worker.presence`` writes them); a worker that dies simply lapses. Gateways read
 the live ones to refuse a call no worker serves (``NO_WORKER``), and for ``GET /stats``, the
 console and ``/metrics``.
+
+The record is also the worker's readiness and liveness, for any process that can reach Redis: it
+is first written once the worker has connected, deployed its prefab folders and loaded its
+queues, and it lapses a few heartbeats after the worker stops beating (:func:`live_workers`;
+``factory workers`` lists them, ``factory_cli.processes.worker_listed`` waits for one).
 """
 
+import time
+
 import orjson
+import redis
 from pydantic import BaseModel, Field, ValidationError
+
+from factory import keys
 
 
 class WorkerPresence(BaseModel):
@@ -39,3 +49,15 @@ def parse_presence(raw: bytes | str | None) -> WorkerPresence | None:
         return WorkerPresence.model_validate(orjson.loads(raw))
     except (orjson.JSONDecodeError, ValidationError):
         return None
+
+
+def live_workers(client: redis.Redis) -> list[WorkerPresence]:
+    """The workers whose presence record has not lapsed, read in one round trip after the index."""
+    names: list[bytes] = client.zrangebyscore(keys.workers_key(), int(time.time() * 1000), "+inf")  # type: ignore[assignment]
+    if not names:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hget(keys.worker_key(name.decode()), "presence")
+        raw: list[bytes | None] = pipe.execute()
+    return [worker for worker in map(parse_presence, raw) if worker is not None]

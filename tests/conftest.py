@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from factory.embedded_redis import EmbeddedRedis
 from factory.settings import Settings
+from factory_cli.embedded_redis import EmbeddedRedis
 from tests.stack import ENV_DIR, PREFAB_DIRS, Gateway, Stack
 
 _databases = itertools.count(1)

@@ -27,7 +27,7 @@ import psutil
 import redis
 
 from factory import keys
-from factory.embedded_redis import EmbeddedRedis, free_port
+from factory_cli.embedded_redis import EmbeddedRedis, free_port
 from tests.stack import Gateway, Proc, Stack, invoke
 
 RETENTION_S = 15

@@ -1,12 +1,13 @@
 """Real processes for end-to-end tests: gateways and workers started as the CLI starts them.
 
 Each process runs ``python -m gateway`` / ``python -m worker`` with its own environment and a
-log file under the test's directory (shown when a test fails to start one).
+log file under the test's directory (shown when a test fails to start one); ``factory_cli.processes``
+spawns, probes and stops them. A gateway is ready when ``/readyz`` answers, a worker when its
+presence record is in Redis.
 """
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,28 +21,27 @@ import orjson
 import redis
 from rq.job import Job
 
+import gateway
+import worker
 from factory.deployments import Deployment
-from factory.embedded_redis import free_port
 from factory.enqueue import enqueue
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
 from factory.registry import read_all
 from factory.settings import Settings
+from factory_cli import processes
+from factory_cli.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFAB_DIRS = [ROOT / "prefabs", ROOT / "tests" / "prefabs"]
 # Prefab environments are cached by content: every test's processes share one cache, so an
 # environment is built once per machine, not once per test.
 ENV_DIR = Path(tempfile.gettempdir()) / f"prefab-factory-test-envs-{os.getuid()}"
+READY_TIMEOUT_S = 60.0
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class Proc(processes.Child):
+    """A factory process of a test, with the waits and signals the tests use."""
 
     def wait_for_log(self, text: str, timeout_s: float = 60.0) -> None:
         """Wait until the process has logged ``text`` (an event seen from outside, not a guess of its time)."""
@@ -51,26 +51,16 @@ class Proc:
             time.sleep(0.05)
 
     def signal(self, sig: int) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, sig)
+        self.send(signal.Signals(sig))
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, then (after ``timeout_s``) SIGKILL to the process and every descendant seen."""
+        return super().stop(timeout_s)
 
     def kill(self) -> None:
-        """SIGKILL the process and its process group (a work horse has a group of its own)."""
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.popen.wait(5)
+        """SIGKILL the process and every descendant seen: its work horses and their runners too (each
+        leads a process group of its own, so killing the worker's group would miss them)."""
+        self.kill_tree()
 
 
 @dataclass
@@ -107,49 +97,32 @@ class Stack:
         env.update(extra)
         return env
 
-    def _spawn(self, name: str, module: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
-        log_path = self.workdir / f"{name}.log"
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", module],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return popen, log_path
+    def _spawn(self, name: str, module: str, env: dict[str, str]) -> processes.Child:
+        return processes.spawn(
+            name, [sys.executable, "-m", module], env, cwd=ROOT, log_path=self.workdir / f"{name}.log"
+        )
 
     def start_gateway(self, **extra: str) -> Gateway:
+        """A gateway on a free port, returned once its ``/readyz`` answers 200."""
         port = free_port()
         env = self._env({"FACTORY_HOST": "127.0.0.1", "FACTORY_PORT": str(port), **extra})
-        name = f"gateway-{len(self.procs)}"
-        popen, log_path = self._spawn(name, "gateway", env)
-        gateway = Gateway(name, popen, log_path, url=f"http://127.0.0.1:{port}")
-        self.procs.append(gateway)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if popen.poll() is not None:
-                raise RuntimeError(f"{name} exited:\n{gateway.log()}")
-            try:
-                if httpx.get(f"{gateway.url}/readyz", timeout=1).status_code == 200:
-                    return gateway
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{name} did not become ready:\n{gateway.log()}")
+        child = self._spawn(f"gateway-{len(self.procs)}", gateway.__name__, env)
+        started = Gateway(child.name, child.popen, child.log_path, url=f"http://127.0.0.1:{port}")
+        self.procs.append(started)
+        started.wait_ready(processes.http_ok(f"{started.url}/readyz"), READY_TIMEOUT_S)
+        return started
 
     def start_worker(self, **extra: str) -> Proc:
-        name = f"worker-{len(self.procs)}"
-        popen, log_path = self._spawn(name, "worker", self._env(extra))
-        worker = Proc(name, popen, log_path)
-        self.procs.append(worker)
-        deadline = time.monotonic() + 30
-        while "Listening on" not in worker.log():
-            if popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start:\n{worker.log()}")
-            time.sleep(0.05)
-        return worker
+        """A worker, returned once its presence record is in Redis (``factory.presence``)."""
+        child = self._spawn(f"worker-{len(self.procs)}", worker.__name__, self._env(extra))
+        started = Proc(child.name, child.popen, child.log_path)
+        self.procs.append(started)
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        try:
+            started.wait_ready(processes.worker_listed(client, started.pid), READY_TIMEOUT_S)
+        finally:
+            client.close()
+        return started
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -262,10 +235,4 @@ def enqueue_call(
     return job_id
 
 
-def parent_of(pid: int) -> int | None:
-    """The parent process of ``pid`` (from /proc), None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[1])
+parent_of = processes.parent_of

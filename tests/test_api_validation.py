@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from factory.embedded_redis import free_port
 from factory.settings import Settings
+from factory_cli.embedded_redis import free_port
 from gateway.app import create_app
 from gateway.deps import _state
 from tests.shapes import assert_error

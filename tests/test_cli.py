@@ -24,10 +24,11 @@ import redis
 import typer
 from typer.testing import CliRunner
 
-from factory.cli import app
-from factory.cli_jobs import parse_inputs
-from factory.client import FactoryClient, FactoryClientError
 from factory.settings import Settings, settings_env
+from factory_cli.app import app
+from factory_cli.jobs import parse_inputs
+from factory_cli.processes import start_time
+from factory_client.client import FactoryClient, FactoryClientError
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDE = {"COLUMNS": "300"}  # rich tables must not wrap the messages the tests look for
@@ -134,7 +135,7 @@ def test_worker_and_gateway_need_a_redis_url() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FACTORY_REDIS_URL")}
     for command in ("worker", "gateway"):
         result = subprocess.run(
-            [sys.executable, "-m", "factory.cli", command], env=env, capture_output=True, text=True, timeout=30
+            [sys.executable, "-m", "factory_cli", command], env=env, capture_output=True, text=True, timeout=30
         )
         assert result.returncode == 2, result.stderr
         assert "REDIS_URL is not set" in result.stderr
@@ -413,7 +414,7 @@ from pathlib import Path
 
 from factory import logs
 from factory.settings import Settings
-from factory.supervisor import Supervisor
+from factory_cli.supervisor import Supervisor
 
 marks, state, stand_in = sys.argv[1:4]
 logs.configure("supervisor", "INFO", as_json=False)
@@ -425,11 +426,7 @@ sys.exit(Supervisor(settings, gateway_command=[*child, "gateway"], worker_comman
 
 def _running(pid: int) -> bool:
     """Whether the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
+    return start_time(pid) is not None
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -474,6 +471,6 @@ def test_supervisor_restarts_a_dead_worker_and_stops_everything(tmp_path: Path) 
             os.killpg(supervisor.pid, signal.SIGKILL)
             supervisor.wait()
     log_text = log_path.read_text()
-    assert "did not stop in time" in log_text  # the gateway stand-in ignored SIGTERM
+    assert "did not stop within" in log_text  # the gateway stand-in ignored SIGTERM
     leftovers = [*children, horse_pid, redis_pid]
     _wait_for(lambda: not any(_running(pid) for pid in leftovers), 5, f"no process left; log:\n{log_text}")

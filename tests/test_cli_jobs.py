@@ -17,9 +17,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from factory.cli import app
-from factory.embedded_redis import free_port
-from factory.gateway_record import write_record
+from factory_cli.app import app
+from factory_cli.embedded_redis import free_port
+from factory_cli.gateway_record import write_record
 from tests.stack import ROOT, Gateway, wait_status
 
 pytestmark = pytest.mark.e2e
@@ -208,7 +208,7 @@ def test_up_names_the_taken_port_and_warns_without_prefabs(tmp_path: Path) -> No
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         up = subprocess.run(
-            [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--prefabs", str(empty)],
+            [sys.executable, "-m", "factory_cli", "up", "--port", str(port), "--prefabs", str(empty)],
             cwd=tmp_path,
             env={**os.environ, "COLUMNS": "300", "FACTORY_STATE_DIR": str(tmp_path / "state")},
             capture_output=True,
@@ -230,7 +230,7 @@ def _run_in_pty(args: list[str], timeout_s: float = 60.0) -> tuple[int, str]:
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
     env.pop("NO_COLOR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "factory.cli", *args],
+        [sys.executable, "-m", "factory_cli", *args],
         stdin=follower,
         stdout=follower,
         stderr=follower,

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from factory.embedded_redis import EmbeddedRedis, free_port
+from factory_cli.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import _db_url
 from tests.stack import ROOT
 
@@ -52,7 +52,7 @@ def factory_up(redis_url: str, workdir: Path, **extra_env: str) -> Iterator[str]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
     env.update({"REDIS_URL": redis_url, "FACTORY_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", **extra_env})
-    command = [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--workers", "2"]
+    command = [sys.executable, "-m", "factory_cli", "up", "--port", str(port), "--workers", "2"]
     command += ["--state-dir", str(workdir / "state")]
     command += ["--prefabs", str(ROOT / "prefabs"), "--prefabs", str(ROOT / "tests" / "prefabs")]
     log = workdir / "up.log"

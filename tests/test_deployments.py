@@ -186,7 +186,7 @@ def test_failed_deployments_say_why_and_refuse_calls(make_stack: Stack, tmp_path
     assert "not_a_module_anywhere" in prefabs["import-error"]["versions"][0]["reason"]
     # factory validate: the source matches its manifest, but the running factory says it failed.
     validated = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "validate", str(broken), "--url", gateway.url],
+        [sys.executable, "-m", "factory_cli", "validate", str(broken), "--url", gateway.url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -307,7 +307,7 @@ def test_factory_deploy_builds_a_folder_and_follows_it(
         (folder / "pyproject.toml").unlink()
         (folder / "src" / "__init__.py").unlink()
     done = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "deploy", str(folder), "--url", gateway.url],
+        [sys.executable, "-m", "factory_cli", "deploy", str(folder), "--url", gateway.url],
         capture_output=True,
         text=True,
         timeout=300,
@@ -316,14 +316,14 @@ def test_factory_deploy_builds_a_folder_and_follows_it(
     assert "importing the prefab" in done.stderr and "ready" in done.stderr
     assert _result(gateway.url, "where", {}, prefab_id="from-cli")["version"] == "VERSION"
     undone = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "undeploy", "from-cli@1.0.0", "--url", gateway.url],
+        [sys.executable, "-m", "factory_cli", "undeploy", "from-cli@1.0.0", "--url", gateway.url],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert undone.returncode == 0, undone.stderr
     missing = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "undeploy", "from-cli@1.0.0", "--url", gateway.url],
+        [sys.executable, "-m", "factory_cli", "undeploy", "from-cli@1.0.0", "--url", gateway.url],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from factory.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server, free_port
+from factory_cli.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_redis_server, free_port
 
 
 def _alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from factory import keys
 from factory.jobs import JobRecord, JobStatus
 from factory.settings import Settings
-from factory.supervisor import descendants
+from factory_cli.processes import descendants
 from tests.stack import Gateway, Proc, Stack, enqueue_call, invoke, parent_of, read_events, wait_status
 
 pytestmark = pytest.mark.e2e

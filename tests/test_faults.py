@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from factory.embedded_redis import EmbeddedRedis, free_port
-from factory.supervisor import descendants
+from factory_cli.embedded_redis import EmbeddedRedis, free_port
+from factory_cli.processes import descendants
 from tests.stack import (
     Gateway,
     Proc,

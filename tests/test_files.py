@@ -18,7 +18,7 @@ import boto3
 import httpx
 import pytest
 
-from factory.embedded_redis import free_port
+from factory_cli.embedded_redis import free_port
 from tests.stack import Gateway, Received, Stack, read_events
 
 pytestmark = pytest.mark.e2e

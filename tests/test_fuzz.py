@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from factory.embedded_redis import EmbeddedRedis
+from factory_cli.embedded_redis import EmbeddedRedis
 from gateway.auth import ECOSYSTEM_PREFIXES
 from tests.conftest import _db_url
 from tests.shapes import ecosystem_error_problem, error_shape_problem

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from factory.embedded_redis import EmbeddedRedis
+from factory_cli.embedded_redis import EmbeddedRedis
 from tests.prefab_kit import build, deploy, function, make_prefab, wait_deployed
 from tests.stack import Stack, invoke, wait_status
 

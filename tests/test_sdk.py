@@ -26,7 +26,7 @@ from gateway_sdk import (
 )
 from gateway_sdk.exceptions import MissingSecretError
 
-from factory.embedded_redis import EmbeddedRedis
+from factory_cli.embedded_redis import EmbeddedRedis
 from tests.conftest import _db_url
 from tests.stack import Gateway, Stack
 from tests.test_files import BUCKET, S3_CREDENTIALS, s3, s3_server  # noqa: F401  (a fixture, used by name)

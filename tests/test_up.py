@@ -12,44 +12,35 @@ from pathlib import Path
 import httpx
 import pytest
 
-from factory.embedded_redis import free_port
+from factory_cli.embedded_redis import free_port
+from factory_cli.processes import descendants, start_time
 from tests.stack import ROOT, parse_frames
 
 pytestmark = pytest.mark.e2e
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid``, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
+def family_of(pid: int) -> set[int]:
+    """Every live process below ``pid``."""
+    return set(descendants(pid))
 
 
 def alive(pid: int) -> bool:
+    return start_time(pid) is not None  # None once gone or a zombie
+
+
+def workers_listed(url: str) -> int:
+    """How many workers have a live presence record, as the gateway's ``/stats`` reads them."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        response = httpx.get(f"{url}/stats", timeout=5)
+    except httpx.TransportError:
+        return 0
+    return len(response.json()["workers"]) if response.status_code == 200 else 0
 
 
 def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_") and k != "REDIS_URL"}
-    command = [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--workers", "2"]
+    command = [sys.executable, "-m", "factory_cli", "up", "--port", str(port), "--workers", "2"]
     command += ["--state-dir", str(tmp_path / "state"), "--prefabs", str(ROOT / "prefabs")]
     with (tmp_path / "up.log").open("wb") as log:
         up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -75,7 +66,7 @@ def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None
         assert record["url"] == url
         cli_env = {**env, "FACTORY_STATE_DIR": str(tmp_path / "state")}
         invoked = subprocess.run(
-            [sys.executable, "-m", "factory.cli", "invoke", "word_count", "-i", "text=up up down"],
+            [sys.executable, "-m", "factory_cli", "invoke", "word_count", "-i", "text=up up down"],
             cwd=tmp_path,
             env=cli_env,
             capture_output=True,
@@ -85,7 +76,7 @@ def test_up_runs_everything_and_sigterm_stops_everything(tmp_path: Path) -> None
         assert invoked.returncode == 0, invoked.stderr
         assert json.loads(invoked.stdout)["top"][0] == ["up", 2]
         assert (tmp_path / "state" / "redis").is_dir()  # the embedded Redis persists there
-        family = descendants(up.pid)
+        family = family_of(up.pid)
         assert len(family) >= 4  # redis-server, the gateway, two workers (and their horses)
         up.send_signal(signal.SIGTERM)
         assert up.wait(90) == 0, (tmp_path / "up.log").read_text()
@@ -104,7 +95,7 @@ def test_kill_9_of_up_leaves_nothing_running(tmp_path: Path) -> None:
     """The supervisor killed outright runs no cleanup: its children must go by themselves."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_") and k != "REDIS_URL"}
-    command = [sys.executable, "-m", "factory.cli", "up", "--port", str(port), "--workers", "2"]
+    command = [sys.executable, "-m", "factory_cli", "up", "--port", str(port), "--workers", "2"]
     command += ["--state-dir", str(tmp_path / "state"), "--prefabs", str(ROOT / "prefabs")]
     with (tmp_path / "up.log").open("wb") as log:
         up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -117,12 +108,16 @@ def test_kill_9_of_up_leaves_nothing_running(tmp_path: Path) -> None:
                 ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
             except httpx.TransportError:
                 ready = False
-            family = descendants(up.pid)
-            if ready and len(family) >= 4 and "Listening on" in (tmp_path / "up.log").read_text():
+            family = family_of(up.pid)
+            if ready and len(family) >= 4 and workers_listed(f"http://127.0.0.1:{port}") == 2:
                 break
             assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
             time.sleep(0.2)
-        family = descendants(up.pid)
+        # Once its probes pass, the supervisor says so (once).
+        while f"factory up: ready on http://127.0.0.1:{port} with 2 workers" not in (tmp_path / "up.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            time.sleep(0.2)
+        family = family_of(up.pid)
         up.kill()
         up.wait(10)
         deadline = time.monotonic() + 60

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from factory.embedded_redis import free_port
 from factory.webhooks import SIGNATURE_HEADER, WebhookSender, webhook_signature
+from factory_cli.embedded_redis import free_port
 from tests.webhook_receiver import Receiver, webhook_receiver
 
 

@@ -27,9 +27,9 @@ from rq.utils import now, utcformat
 from factory import keys, reaper
 from factory.eventlog import APPEND_LUA, CLAIM_FUNCTION, started_fields
 from factory.jobs import InvocationRequest
+from factory.rqtask import TASK
 from factory.settings import Settings
 from worker.queues import ServedQueues
-from worker.tasks import TASK
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,11 @@ imports ``pkg_resources``, so it is never imported).
 
 Data persist in ``<state_dir>/redis``: an append-only file fsynced every second plus RDB save
 points, so a key written a second before a crash survives a restart on the same state dir.
-The server runs in its own session, so a Ctrl-C meant for the supervisor does not reach it
-before the workers that still write to it have stopped. A ``redis.pid`` left by a server that
-is still alive (e.g. an orphan of a killed supervisor) refuses a second server on the same data.
+The server is spawned, probed (PING, answered by this very process) and killed with any fork it
+left by ``factory_cli.processes``. It runs in its own session, so a Ctrl-C meant for the
+supervisor does not reach it before the workers that still write to it have stopped. A
+``redis.pid`` left by a server that is still alive (e.g. an orphan of a killed supervisor)
+refuses a second server on the same data.
 """
 
 import importlib.util
@@ -20,18 +22,17 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from factory.orphans import die_with_parent
+from factory_cli import processes
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +155,7 @@ class EmbeddedRedis:
         self._executable = executable
         self.password = password  # requirepass: a process without the URL (prefab code) cannot use it
         self._port: int | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
+        self._child: processes.Child | None = None
         self._log_offset = 0
 
     @property
@@ -172,7 +172,7 @@ class EmbeddedRedis:
 
     @property
     def port(self) -> int:
-        if self._port is None or self._process is None:
+        if self._port is None or self._child is None:
             raise EmbeddedRedisError("the embedded Redis is not running")
         return self._port
 
@@ -184,15 +184,15 @@ class EmbeddedRedis:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._child.pid if self._child is not None else None
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._child is not None and self._child.alive
 
     def start(self) -> Self:
         """Start the server and return once it answers PING."""
-        if self._process is not None:
+        if self._child is not None:
             raise EmbeddedRedisError("the embedded Redis is already started")
         executable = self._executable or find_redis_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -246,48 +246,46 @@ class EmbeddedRedis:
 
     def _launch(self, executable: Path, port: int) -> None:
         self._write_config(port)
-        self._log_file = self.log_path.open("ab")
-        self._log_offset = self._log_file.tell()
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._port = port
-        self._process = subprocess.Popen(
+        # Tied to this process: it never outlives the process that started it, even SIGKILLed.
+        self._child = processes.spawn(
+            "redis-server",
             [str(executable), str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
+            dict(os.environ),
             cwd=self.data_dir,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),  # never outlives the process that started it, even SIGKILLed
+            log_path=self.log_path,
+            tied=True,
         )
         try:
-            self._wait_ready()
+            self._wait_ready(self._child)
         except BaseException:
             self._kill()
             raise
 
-    def _wait_ready(self) -> None:
-        process = self._process
-        assert process is not None and self._port is not None
+    def _wait_ready(self, child: processes.Child) -> None:
+        assert self._port is not None
         client = _client(self._port, timeout_s=1.0, password=self.password)
-        deadline = time.monotonic() + self.start_timeout_s
+
+        def answers() -> bool:
+            try:
+                # The process id tells our server from another that already listens on the port.
+                return bool(client.ping()) and client.info("server").get("process_id") == child.pid
+            except redis.RedisError:  # not listening yet, or still loading the AOF
+                return False
+
         try:
-            while True:
-                if process.poll() is not None:
-                    raise EmbeddedRedisError(
-                        f"redis-server exited with status {process.returncode} at start; "
-                        f"end of {self.log_path}:\n{self._log_tail()}"
-                    )
-                try:
-                    # The process id tells our server from another that already listens on the port.
-                    if client.ping() and client.info("server").get("process_id") == process.pid:
-                        return
-                except redis.RedisError:  # not listening yet, or still loading the AOF
-                    pass
-                if time.monotonic() > deadline:
-                    raise EmbeddedRedisError(
-                        f"redis-server did not answer PING on port {self._port} within {self.start_timeout_s:g} s; "
-                        f"end of {self.log_path}:\n{self._log_tail()}"
-                    )
-                time.sleep(_POLL_S)
+            child.wait_ready(answers, self.start_timeout_s, _POLL_S)
+        except processes.NotReady as exc:
+            if not child.alive:
+                raise EmbeddedRedisError(
+                    f"redis-server exited with status {child.popen.returncode} at start; "
+                    f"end of {self.log_path}:\n{self._log_tail()}"
+                ) from exc
+            raise EmbeddedRedisError(
+                f"redis-server did not answer PING on port {self._port} within {self.start_timeout_s:g} s; "
+                f"end of {self.log_path}:\n{self._log_tail()}"
+            ) from exc
         finally:
             client.close()
 
@@ -303,35 +301,30 @@ class EmbeddedRedis:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SHUTDOWN (saving), wait for the exit, and kill the server if it will not go; idempotent."""
-        process = self._process
-        if process is None:
+        child = self._child
+        if child is None:
             return
-        if process.poll() is None:
+        if child.alive:
+            child.note_descendants()  # an AOF rewrite or a save runs in a forked child
             client = _client(self.port, timeout_s=timeout_s, password=self.password)
             try:
                 client.shutdown()
             except redis.RedisError as exc:
                 logger.warning("redis SHUTDOWN failed (%s); sending SIGTERM", exc)
-                process.terminate()
+                child.terminate()
             finally:
                 client.close()
             try:
-                process.wait(timeout_s)
+                child.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                logger.error("redis-server pid %s did not stop within %g s; killing it", process.pid, timeout_s)
+                logger.error("redis-server pid %s did not stop within %g s; killing it", child.pid, timeout_s)
         self._kill()
         logger.info("embedded redis-server stopped")
 
     def _kill(self) -> None:
-        process = self._process
-        if process is not None:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-        self._process = None
-        self._log_file = None
+        if self._child is not None:
+            self._child.kill_tree()
+        self._child = None
         self._port = None
 
     def __enter__(self) -> Self:

@@ -1,35 +1,41 @@
 """The supervisor behind ``factory up``: Redis (embedded unless ``REDIS_URL`` is set), one gateway, N workers.
 
-The gateway and workers are started by module name (``python -m gateway``, ``python -m worker``)
-so this package never imports them; their settings reach them as environment variables
-(``settings_env``), with every path made absolute.
+The gateway and workers run as processes (``python -m gateway``, ``python -m worker``), their
+settings reaching them as environment variables (``settings_env``), with every path made absolute.
+Their processes are spawned and stopped by ``factory_cli.processes``.
 
 Each child runs in its own session: a Ctrl-C in the terminal reaches the supervisor only, which
 then stops things in order (gateway and workers with SIGTERM, so a worker's graceful shutdown can finish
 or hand back the running job, then Redis last). A second Ctrl-C skips the grace period. A child
-still alive after ``shutdown_grace_s + 5`` s is killed with its process group and every
-descendant seen, which catches the workers' work horses (each in a process group of its own).
-A supervisor killed outright (``kill -9``) takes its children with it: each is started with
-``factory.orphans.die_with_parent`` and gets SIGTERM when the supervisor dies.
+still alive after ``shutdown_grace_s + 5`` s is killed with every descendant seen since its start,
+which catches the workers' work horses (each in a process group of its own, out of reach of a
+kill of the worker's group). A supervisor killed outright (``kill -9``) takes its children with it:
+each is spawned tied to it and gets SIGTERM when the supervisor dies.
 
-A child that exits while the factory is up is restarted with exponential backoff; a gateway
+Once the gateway's ``/readyz`` answers and every worker's presence record is listed (the probes
+of ``factory_cli.processes``), it logs that the factory is ready, once. A child that exits while
+the factory is up is restarted with exponential backoff; a gateway
 that keeps failing right after its start (a port already taken, a bad setting) stops the whole
 factory instead of looping forever. An embedded Redis that dies is started again on its port.
 """
 
 import logging
-import os
 import signal
-import subprocess
+import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from types import FrameType
 
-from factory.embedded_redis import EmbeddedRedis, state_password
-from factory.orphans import die_with_parent
+import redis
+
+import gateway
+import worker
+from factory.presence import live_workers
 from factory.settings import Settings, child_environ
+from factory_cli import processes
+from factory_cli.common import local_url
+from factory_cli.embedded_redis import EmbeddedRedis, state_password
 
 logger = logging.getLogger(__name__)
 
@@ -44,78 +50,24 @@ _TICK_S = 0.1
 
 
 @dataclass
-class Child:
-    """One supervised process and its restart bookkeeping."""
+class Role:
+    """One supervised role (the gateway, a worker) and its restart bookkeeping across its processes."""
 
     name: str
     command: list[str]
     env: dict[str, str]
     essential: bool = False
-    process: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
+    child: processes.Child | None = None
     fast_failures: int = 0
     restart_at: float | None = None
-    known_descendants: dict[int, int] = field(default_factory=dict)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),  # a SIGKILLed supervisor leaves no child running
-        )
-        self.started_at = time.monotonic()
+        self.child = processes.spawn(self.name, self.command, self.env, tied=True)
         self.restart_at = None
-        logger.info("started %s (pid %d)", self.name, self.process.pid)
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of a live process, from /proc; None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # "pid (comm) state ppid ... starttime(22nd)": comm may hold spaces and ")", so split after the last ")".
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[1]), int(fields[19])) if len(fields) > 19 else None
-
-
-def descendants(pid: int) -> dict[int, int]:
-    """Every live descendant of ``pid`` with its start time (from /proc; empty where there is none)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return {}
-    children: dict[int, list[tuple[int, int]]] = {}
-    for entry in proc.iterdir():
-        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None:
-            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
-    found: dict[int, int] = {}
-    todo = [pid]
-    while todo:
-        for child, started in children.get(todo.pop(), []):
-            if child not in found:
-                found[child] = started
-                todo.append(child)
-    return found
-
-
-def _signal_pid(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_if_same(pid: int, started: int) -> None:
-    """SIGKILL ``pid`` unless it has exited and its number now belongs to another process."""
-    stat = _proc_stat(pid)
-    if stat is not None and stat[1] == started:
-        _signal_pid(pid, signal.SIGKILL)
+        return self.child is not None and self.child.alive
 
 
 def _backoff_s(fast_failures: int) -> float:
@@ -138,14 +90,16 @@ class Supervisor:
                 "state_dir": settings.state_dir.resolve(),
             }
         )
-        self.gateway_command = gateway_command or [sys.executable, "-m", "gateway"]
-        self.worker_command = worker_command or [sys.executable, "-m", "worker"]
-        self.children: list[Child] = []
+        self.gateway_command = gateway_command or [sys.executable, "-m", gateway.__name__]
+        self.worker_command = worker_command or [sys.executable, "-m", worker.__name__]
+        self.children: list[Role] = []
         self.redis: EmbeddedRedis | None = None
         # Plain flags, not threading.Event: a signal handler must never wait for a lock the main thread holds.
         self._stopping = False
         self._forced = False
         self._exit_code = 0
+        self._probe_client: redis.Redis | None = None
+        self._announced = False
 
     def run(self) -> int:
         """Start everything, supervise until told to stop, stop everything; the exit status."""
@@ -154,17 +108,14 @@ class Supervisor:
             settings = self._start_redis()
             if not self._stopping:
                 self._start_children(settings)
-                logger.info(
-                    "factory up: http://%s:%d with %d workers (Ctrl-C to stop)",
-                    settings.host,
-                    settings.port,
-                    settings.workers,
-                )
-                self._supervise()
+                logger.info("factory up: starting the gateway and %d workers (Ctrl-C to stop)", settings.workers)
+                self._supervise(settings)
         finally:
             try:
                 self._stop_children()
             finally:
+                if self._probe_client is not None:
+                    self._probe_client.close()
                 if self.redis is not None:
                     self.redis.stop()
                 for sig, handler in previous.items():
@@ -204,15 +155,34 @@ class Supervisor:
 
     def _start_children(self, settings: Settings) -> None:
         env = child_environ(settings)
-        self.children = [Child("gateway", self.gateway_command, env, essential=True)]
-        self.children += [Child(f"worker-{n}", self.worker_command, env) for n in range(1, settings.workers + 1)]
+        self.children = [Role("gateway", self.gateway_command, env, essential=True)]
+        self.children += [Role(f"worker-{n}", self.worker_command, env) for n in range(1, settings.workers + 1)]
         for child in self.children:
             child.start()
+        self._probe_client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=2)
 
-    def _supervise(self) -> None:
+    def _announce_when_ready(self, settings: Settings) -> None:
+        """Say once that the factory serves: its gateway's /readyz answers and every worker is listed."""
+        assert self._probe_client is not None
+        url = local_url(settings)
+        if not processes.http_ok(f"{url}/readyz")():
+            return
+        try:
+            here = socket.gethostname()
+            listed = {worker.pid for worker in live_workers(self._probe_client) if worker.host == here}
+        except (redis.RedisError, OSError):
+            return
+        workers = [role.child for role in self.children if not role.essential]
+        if all(child is not None and child.pid in listed for child in workers):
+            logger.info("factory up: ready on %s with %d workers", url, len(workers))
+            self._announced = True
+
+    def _supervise(self, settings: Settings) -> None:
         while not self._stopping:
             time.sleep(_TICK_S)
             self._check_redis()
+            if not self._announced:
+                self._announce_when_ready(settings)
             now = time.monotonic()
             for child in self.children:
                 if self._stopping:
@@ -223,11 +193,11 @@ class Supervisor:
                 elif not child.alive:
                     self._schedule_restart(child, now)
 
-    def _schedule_restart(self, child: Child, now: float) -> None:
-        assert child.process is not None
-        ran_s = now - child.started_at
+    def _schedule_restart(self, child: Role, now: float) -> None:
+        assert child.child is not None
+        ran_s = now - child.child.started_at
         child.fast_failures = child.fast_failures + 1 if ran_s < STABLE_AFTER_S else 0
-        status = child.process.returncode
+        status = child.child.popen.returncode
         if child.essential and child.fast_failures >= GATEWAY_MAX_FAST_FAILURES:
             logger.error(
                 "%s exited with status %s %d times in a row right after starting; stopping the factory",
@@ -242,7 +212,7 @@ class Supervisor:
         logger.warning(
             "%s (pid %d) exited unexpectedly with status %s after %.1f s; restarting in %.1f s",
             child.name,
-            child.process.pid,
+            child.child.pid,
             status,
             ran_s,
             delay_s,
@@ -250,35 +220,10 @@ class Supervisor:
         child.restart_at = now + delay_s
 
     def _stop_children(self) -> None:
-        running = [child for child in self.children if child.alive]
-        for child in running:
-            assert child.process is not None
-            child.known_descendants = descendants(child.process.pid)
-            _signal_pid(child.process.pid, signal.SIGTERM)
+        running = [role.child for role in self.children if role.child is not None and role.alive]
         grace_s = self.settings.shutdown_grace_s + KILL_MARGIN_S
         if running:
             logger.info("waiting up to %.0f s for %d processes to stop", grace_s, len(running))
-        deadline = time.monotonic() + grace_s
-        while any(child.alive for child in running) and time.monotonic() < deadline and not self._forced:
-            for child in running:
-                if child.alive and child.process is not None:
-                    child.known_descendants.update(descendants(child.process.pid))
-            time.sleep(_TICK_S)
+        processes.stop_all(running, grace_s, forced=lambda: self._forced)
         for child in running:
-            self._kill_leftovers(child)
-
-    def _kill_leftovers(self, child: Child) -> None:
-        """SIGKILL the child if alive, its process group and every descendant seen; reap it."""
-        process = child.process
-        assert process is not None
-        if process.poll() is None:  # not reaped, so its pid and process group cannot have been reused
-            logger.warning("%s (pid %d) did not stop in time; killing it", child.name, process.pid)
-            child.known_descendants.update(descendants(process.pid))
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for pid, started in child.known_descendants.items():
-            _kill_if_same(pid, started)
-        process.wait()
-        logger.info("%s stopped (status %s)", child.name, process.returncode)
+            logger.info("%s stopped (status %s)", child.name, child.popen.returncode)

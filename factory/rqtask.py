@@ -1,4 +1,8 @@
-"""The RQ job function the gateway enqueues by dotted path: ``worker.tasks.run_invocation``.
+"""The RQ job function every factory job names: ``factory.rqtask.run_invocation`` (:data:`TASK`).
+
+RQ stores a job's function as a dotted path. The core owns the function it names, so the one who
+enqueues (``factory.enqueue``) and the worker that checks the name (``worker.rqjobs``) both import
+:data:`TASK` from here instead of spelling a module of another package as a string.
 
 Jobs are real RQ jobs, but the factory's worker (``worker.engine``) does not run them through
 RQ: it reads the request from the RQ job and hands it to its work horse, after claiming the job.

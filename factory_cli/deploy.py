@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from factory.cli_common import ExitCode, client_for, fail, settings_from, stderr
-from factory.client import DeploymentView, FactoryClient, FactoryClientError
 from factory.errors import ManifestError
 from factory.wheels import build_wheel, deploy_signature, read_wheel
+from factory_cli.common import ExitCode, client_for, fail, settings_from, stderr
+from factory_client.client import DeploymentView, FactoryClient, FactoryClientError
 
 UrlOption = Annotated[
     str | None, typer.Option(help="Gateway URL [default: FACTORY_URL, else the one factory up recorded].")

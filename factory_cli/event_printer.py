@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.segment import ControlType
 
-from factory.client import StreamedEvent
+from factory_client.client import StreamedEvent
 
 _DESCRIPTION_CHARS = 40
 

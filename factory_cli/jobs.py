@@ -16,10 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from factory.cli_common import ExitCode, client_for, fail, stderr
-from factory.cli_events import EventPrinter
-from factory.client import FactoryClient, FactoryClientError, JobView
 from factory.filerefs import UPLOAD_SCHEME
+from factory_cli.common import ExitCode, client_for, fail, stderr
+from factory_cli.event_printer import EventPrinter
+from factory_client.client import FactoryClient, FactoryClientError, JobView
 
 UrlOption = Annotated[
     str | None,

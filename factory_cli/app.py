@@ -1,14 +1,14 @@
 """The ``factory`` command: up, gateway, worker, validate, new here; invoke, jobs, status, follow, cancel
-in :mod:`factory.cli_jobs`.
+in :mod:`factory_cli.jobs`; deploy, undeploy in :mod:`factory_cli.deploy`; workers in :mod:`factory_cli.workers`.
 
 ``up`` supervises Redis, the gateway and the workers; ``gateway`` and ``worker`` replace this
 process (``os.execve``) with ``python -m gateway`` / ``python -m worker``, their settings passed
-in the environment, so the core never imports the packages above it. Flags override the
-environment (``Settings.from_env(**flags)``).
+in the environment: the gateway and the worker import neither this package nor each other.
+Flags override the environment (``Settings.from_env(**flags)``).
 
 Help is click's plain formatter (``rich_markup_mode=None``): with typer's rich markup, ``[env
 FACTORY_PORT]`` in a help text is taken for a style tag and vanishes, and every flag is listed with a
-``<bool>`` value. The exit codes (see :mod:`factory.cli_common`) close every command's help.
+``<bool>`` value. The exit codes (see :mod:`factory_cli.common`) close every command's help.
 """
 
 import os
@@ -22,19 +22,23 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from factory import cli_deploy, cli_jobs, logs, preflight
+import gateway as gateway_package
+import worker as worker_package
+from factory import logs
 from factory.catalog import Catalog
-from factory.cli_common import EXIT_CODES_HELP, ExitCode, client_for, local_url
-from factory.cli_common import settings_from as _settings
-from factory.cli_common import stderr as _stderr
-from factory.client import FactoryClientError
-from factory.embedded_redis import EmbeddedRedisError
 from factory.errors import ManifestError
-from factory.gateway_record import read_record, remove_record, write_record
 from factory.hardening import make_undumpable
-from factory.scaffold import FUNCTION_NAME, create_prefab
 from factory.settings import Settings, child_environ
-from factory.supervisor import Supervisor
+from factory_cli import deploy, jobs, preflight
+from factory_cli import workers as workers_command
+from factory_cli.common import EXIT_CODES_HELP, ExitCode, client_for, local_url
+from factory_cli.common import settings_from as _settings
+from factory_cli.common import stderr as _stderr
+from factory_cli.embedded_redis import EmbeddedRedisError
+from factory_cli.gateway_record import read_record, remove_record, write_record
+from factory_cli.scaffold import FUNCTION_NAME, create_prefab
+from factory_cli.supervisor import Supervisor
+from factory_client.client import FactoryClientError
 
 app = typer.Typer(
     name="factory",
@@ -58,9 +62,9 @@ StateDirOption = Annotated[
 ]
 
 # Commands whose own output reports everything: library logs only on --verbose.
-_QUIET_LOGS = {"validate", "new", "invoke", "jobs", "status", "follow", "cancel", "deploy", "undeploy"}
+_QUIET_LOGS = {"validate", "new", "invoke", "jobs", "status", "follow", "cancel", "deploy", "undeploy", "workers"}
 
-for _command in (cli_jobs.invoke, cli_jobs.jobs, cli_jobs.status, cli_jobs.follow, cli_jobs.cancel):
+for _command in (jobs.invoke, jobs.jobs, jobs.status, jobs.follow, jobs.cancel):
     app.command(epilog=EXIT_CODES_HELP)(_command)
 
 
@@ -128,7 +132,9 @@ def gateway(
     host: HostOption = None, port: PortOption = None, prefabs: PrefabsOption = None, redis_url: RedisOption = None
 ) -> None:
     """Run one gateway (python -m gateway) against REDIS_URL."""
-    _exec_module("gateway", _settings(host=host, port=port, prefabs=prefabs or None, redis_url=redis_url))
+    _exec_module(
+        gateway_package.__name__, _settings(host=host, port=port, prefabs=prefabs or None, redis_url=redis_url)
+    )
 
 
 @app.command()
@@ -142,7 +148,7 @@ def worker(
     redis_url: RedisOption = None,
 ) -> None:
     """Run one worker (python -m worker) against REDIS_URL."""
-    _exec_module("worker", _settings(serve_prefabs=prefabs, redis_url=redis_url))
+    _exec_module(worker_package.__name__, _settings(serve_prefabs=prefabs, redis_url=redis_url))
 
 
 def _exec_module(module: str, settings: Settings) -> None:
@@ -239,8 +245,9 @@ def new(
     )
 
 
-app.command()(cli_deploy.deploy)
-app.command()(cli_deploy.undeploy)
+app.command()(deploy.deploy)
+app.command()(deploy.undeploy)
+app.command()(workers_command.workers)
 
 
 if __name__ == "__main__":

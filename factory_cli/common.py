@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from factory.client import FactoryClient, FactoryClientError
-from factory.gateway_record import read_record
 from factory.settings import Settings
+from factory_cli.gateway_record import read_record
+from factory_client.client import FactoryClient, FactoryClientError
 
 
 class ExitCode(IntEnum):
