@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from factory import cli_deploy, cli_jobs, logs, preflight
+from factory import cli_deploy, cli_jobs, isolation, logs, preflight
 from factory.catalog import Catalog
 from factory.cli_common import EXIT_CODES_HELP, ExitCode, client_for, local_url
 from factory.cli_common import settings_from as _settings
@@ -96,6 +96,8 @@ def up(
     )
     make_undumpable()
     _preflight(settings)
+    if loud := isolation.warning(isolation.probe(settings)):  # docs/security.md
+        _stderr().print(f"[bold yellow]WARNING: {escape(loud)}[/bold yellow]")
     write_record(settings.state_dir, local_url(settings))
     try:
         code = Supervisor(settings).run()

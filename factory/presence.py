@@ -10,6 +10,8 @@ console and ``/metrics``.
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
+from factory.isolation import Isolation
+
 
 class WorkerPresence(BaseModel):
     """What a worker says about itself."""
@@ -26,6 +28,7 @@ class WorkerPresence(BaseModel):
     secrets: list[str] = Field(description="names of the declared secrets it can supply (never their values)")
     cpu_s: float
     rss_bytes: int
+    isolation: Isolation | None = Field(default=None, description="how its prefab runners are confined")
 
     def serves(self, prefab_id: str) -> bool:
         return self.serves_all or prefab_id in self.prefabs
