@@ -331,6 +331,7 @@ def main() -> None:
     except OSError as exc:
         conn.send_bytes(f"Icannot confine the prefab's process: {exc}".encode())
         os._exit(2)
+    os.environ.pop("PWD", None)  # bubblewrap sets it; the environment is the horse's allowlist alone
     # The horse decides when a job stops (it kills this process); a stray signal does not.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
