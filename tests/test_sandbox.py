@@ -34,6 +34,7 @@ MAX_OPEN_FILES = 256
 MAX_FILE_BYTES = 8 * 1024 * 1024
 WORKSPACE_BYTES = 24 * 1024 * 1024
 TMP_BYTES = 4 * 1024 * 1024
+SYSTEM_PYTHON = "/usr/bin/python3"  # readable by any uid, unlike an interpreter under /root
 
 HOSTILE_MAIN = r"""
 import ctypes
@@ -439,25 +440,63 @@ def test_healthz_reports_full_isolation(scene: dict[str, Any]) -> None:
     assert len(health["workers"]) == 2 and all(w["isolation"]["missing"] == [] for w in health["workers"])
 
 
-def test_degraded_isolation_is_reported(make_stack: Stack, tmp_path: Path) -> None:
-    """Without bubblewrap: up's warning names it, /healthz reports a partial isolation."""
-    settings = Settings(bwrap_path=str(tmp_path / "no-bwrap"))
-    isolation = probe(settings)
+def _wait_health_workers(gateway_url: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        health: dict[str, Any] = httpx.get(f"{gateway_url}/healthz", timeout=10).json()
+        if health.get("workers"):
+            return health
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+
+
+def test_degraded_isolation_is_reported(tmp_path: Path) -> None:
+    """Without bubblewrap: up's warning names it and /healthz reports the isolation as partial; as
+    root, runners still drop to their own uid and the policy ``none`` still holds (the runner makes
+    its own network namespace)."""
+    isolation = probe(Settings(bwrap_path=str(tmp_path / "no-bwrap")))
     assert isolation.private_mounts is False and isolation.bwrap is None
     loud = warning(isolation)
     assert loud is not None and "bubblewrap" in loud and isolation.level.upper() in loud
-    gateway = make_stack.start_gateway()
-    make_stack.start_worker(FACTORY_BWRAP_PATH=str(tmp_path / "no-bwrap"), FACTORY_WORKER_HEARTBEAT_S="1")
-    deadline = time.monotonic() + 60
-    while True:
-        health = httpx.get(f"{gateway.url}/healthz", timeout=10).json()
-        if health.get("workers"):
-            break
-        assert time.monotonic() < deadline, health
-        time.sleep(0.1)
-    expected = "partial" if os.getuid() == 0 else "minimal"
-    assert health["isolation"] == expected, health
+    if os.getuid() != 0 or not Path(SYSTEM_PYTHON).exists():
+        pytest.skip("the rest needs root and Debian's python3")
+    workdir = Path(tempfile.mkdtemp(prefix="factory-degraded-"))
+    workdir.chmod(0o711)  # without a mount view the runners' uid must reach its workspace under it
+    with EmbeddedRedis(tmp_path / "redis-state", password=PASSWORD, extra_config=["save ''"]) as redis_server:
+        stack = Stack(redis_server.url, workdir)
+        stack.env.update(
+            {
+                "FACTORY_PREFABS": str(tmp_path / "no-folders"),
+                "FACTORY_BWRAP_PATH": str(tmp_path / "no-bwrap"),
+                "FACTORY_WORKER_HEARTBEAT_S": "1",
+                # Without a mount view the runners' uid must be able to run the interpreter itself.
+                "FACTORY_PREFAB_PYTHON": SYSTEM_PYTHON,
+                "FACTORY_RUNNER_NETWORK": "none",
+                "HOSTILE_TOKEN": "declared-value",
+            }
+        )
+        try:
+            gateway = stack.start_gateway()
+            stack.start_worker()
+            health = _wait_health_workers(gateway.url)
+            _deploy_hostile(gateway.url, tmp_path, "hostile")
+            reach = {"redis_port": redis_server.port, "password": PASSWORD}
+            offline = _finished(gateway.url, invoke(gateway.url, "reach", reach, prefab_id="hostile"))
+            state_dir = str(workdir / "state")
+            inputs = {"redis_port": redis_server.port, "needle": PASSWORD, "state_dir": state_dir}
+            snooping = {**inputs, "other_workspace": str(workdir / "state" / "work" / "unknown")}
+            seen = _finished(gateway.url, invoke(gateway.url, "snoop", snooping, prefab_id="hostile"))
+        finally:
+            stack.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+    assert health["isolation"] == "partial", health
     assert any("bubblewrap" in reason for reason in health["workers"][0]["isolation"]["missing"])
+    assert offline["status"] == "finished", offline
+    assert all(not attempt["ok"] for attempt in offline["output"].values()), offline["output"]
+    assert seen["status"] == "finished", seen
+    report = seen["output"]
+    assert report["uid"] >= Settings().runner_uid_base and report["readable_environs"] == []
+    assert not report["needle_seen"] and _refused(report["list_state"]) and _refused(report["list_work"])
 
 
 def test_sandbox_off_is_reported_as_off() -> None:
