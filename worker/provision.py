@@ -121,45 +121,16 @@ class Provisioner:
 
     def runner_spec(self, deployment: Deployment, python: Path) -> RunnerSpec:
         """How the deployment's runner is started and confined here (:class:`ProvisionError` if it cannot be)."""
-        settings, isolation = self.settings, self.isolation
         memory = deployment.manifest.execution_environment
-        code_dir = deployment.location if deployment.source is DeploymentSource.FOLDER else ""
-        ids = self._fixed_ids
-        if ids is None and isolation.separate_users:
-            ids = (deployment_uid(settings, deployment.deployment_id),) * 2
-        network_none = network_policy(settings, deployment.prefab_id) == "none"
-        if network_none and not isolation.network_none:
-            raise ProvisionError(
-                f"{deployment.prefab_id}'s network policy is `none`, which this machine cannot enforce "
-                f"(isolation {isolation.level}: {'; '.join(isolation.missing)})"
-            )
-        sandbox: list[str] = []
-        if isolation.bwrap is not None:
-            (settings.state_dir / "work").mkdir(parents=True, exist_ok=True)
-            plan = MountPlan(python, code_dir, settings.state_dir, RUNNER_PATH, settings.runner_tmp_bytes)
-            sandbox = bwrap_prefix(
-                isolation.bwrap,
-                plan,
-                as_root=os.geteuid() == 0,
-                network_none=network_none,
-                pid_namespace=settings.runner_pid_namespace,
-            )
-        off = settings.sandbox == "off"
-        return RunnerSpec(
+        return runner_spec(
+            self.settings,
+            self.isolation,
             key=deployment.deployment_id,
             prefab_id=deployment.prefab_id,
             python=python,
-            code_dir=code_dir,
+            code_dir=deployment.location if deployment.source is DeploymentSource.FOLDER else "",
             memory_bytes=memory.memory_limit_bytes if memory is not None else 0,
-            uid=ids[0] if ids is not None else -1,
-            gid=ids[1] if ids is not None else -1,
-            sandbox=tuple(sandbox),
-            unshare_net=network_none and not sandbox,
-            max_processes=0 if off or ids is None else settings.runner_max_processes,
-            max_open_files=0 if off else settings.runner_max_open_files,
-            max_file_bytes=0 if off else settings.runner_max_file_bytes,
-            workspace_bytes=0 if off else settings.runner_workspace_bytes,
-            pass_env=tuple(settings.runner_pass_env),
+            user_ids=self._fixed_ids,
         )
 
     def environment_key(self, deployment: Deployment) -> str:
@@ -191,6 +162,56 @@ class Provisioner:
             for name in (root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)):
                 os.lchown(name, uid, gid)
         workspace.chmod(0o700)
+
+
+def runner_spec(
+    settings: Settings,
+    isolation: Isolation,
+    *,
+    key: str,
+    prefab_id: str,
+    python: Path,
+    code_dir: str,
+    memory_bytes: int,
+    user_ids: tuple[int, int] | None = None,
+) -> RunnerSpec:
+    """A runner of deployment ``key`` confined as ``isolation`` allows: its uid (``user_ids``, else its own
+    when runners get separate users), its sandbox and network, its limits (none when the sandbox is off)."""
+    ids = user_ids
+    if ids is None and isolation.separate_users:
+        ids = (deployment_uid(settings, key),) * 2
+    network_none = network_policy(settings, prefab_id) == "none"
+    if network_none and not isolation.network_none:
+        raise ProvisionError(
+            f"{prefab_id}'s network policy is `none`, which this machine cannot enforce "
+            f"(isolation {isolation.level}: {'; '.join(isolation.missing)})"
+        )
+    sandbox: list[str] = []
+    if isolation.bwrap is not None:
+        (settings.state_dir / "work").mkdir(parents=True, exist_ok=True)
+        plan = MountPlan(python, code_dir, settings.state_dir, RUNNER_PATH, settings.runner_tmp_bytes)
+        as_root = os.geteuid() == 0
+        pid_namespace = settings.runner_pid_namespace
+        sandbox = bwrap_prefix(
+            isolation.bwrap, plan, as_root=as_root, network_none=network_none, pid_namespace=pid_namespace
+        )
+    off = settings.sandbox == "off"
+    return RunnerSpec(
+        key=key,
+        prefab_id=prefab_id,
+        python=python,
+        code_dir=code_dir,
+        memory_bytes=memory_bytes,
+        uid=ids[0] if ids is not None else -1,
+        gid=ids[1] if ids is not None else -1,
+        sandbox=tuple(sandbox),
+        unshare_net=network_none and not sandbox,
+        max_processes=0 if off or ids is None else settings.runner_max_processes,
+        max_open_files=0 if off else settings.runner_max_open_files,
+        max_file_bytes=0 if off else settings.runner_max_file_bytes,
+        workspace_bytes=0 if off else settings.runner_workspace_bytes,
+        pass_env=tuple(settings.runner_pass_env),
+    )
 
 
 def _user_ids(user: str | None) -> tuple[int, int] | None:
