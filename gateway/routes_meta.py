@@ -99,7 +99,7 @@ async def get_prefab(prefab_id: str, state: StateDep, version: str | None = None
 
 class WorkerIsolation(BaseModel):
     worker: str
-    isolation: Isolation | None = Field(description="None: the worker does not report it (an older version)")
+    isolation: Isolation | None = Field(default=None, description="absent: an older worker")
 
 
 class HealthDetails(Health):
