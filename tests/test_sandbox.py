@@ -13,6 +13,7 @@ The whole scene plays once per module (:func:`scene`), the tests each check one 
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +28,9 @@ from factory.isolation import probe, warning
 from factory.settings import Settings
 from tests.prefab_kit import build, deploy, function, make_prefab, wait_deployed
 from tests.stack import Stack, events_url, invoke, read_events, wait_status
+from worker.provision import runner_spec
+from worker.runners import Runner
+from worker.sandbox import MountPlan, mount_args
 
 PASSWORD = "not-for-prefabs-7c1f"
 MAX_PROCESSES = 48
@@ -502,3 +506,58 @@ def test_degraded_isolation_is_reported(tmp_path: Path) -> None:
 def test_sandbox_off_is_reported_as_off() -> None:
     isolation = probe(Settings(sandbox="off"))
     assert isolation.level == "off" and warning(isolation) is not None
+
+
+PIDS_MAIN = """
+import os
+
+
+def pids():
+    return {"pid": os.getpid(), "visible": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
+"""
+
+
+def test_pid_namespace_shows_a_runner_only_its_own_processes(tmp_path: Path) -> None:
+    """FACTORY_RUNNER_PID_NAMESPACE: the runner (started directly, no stack) sees its own processes alone."""
+    settings = Settings(state_dir=tmp_path / "state", runner_pid_namespace=True)
+    isolation = probe(settings)
+    if isolation.bwrap is None:
+        pytest.skip("needs bubblewrap")
+    code = tmp_path / "code"
+    (code / "src").mkdir(parents=True)
+    (code / "src" / "__init__.py").write_text("")
+    (code / "src" / "main.py").write_text(PIDS_MAIN)
+    tmp_path.chmod(0o755)
+    spec = runner_spec(
+        settings,
+        isolation,
+        key="pids",
+        prefab_id="pids",
+        python=Path(sys.executable),
+        code_dir=str(code),
+        memory_bytes=0,
+    )
+    workspace = settings.state_dir / "work" / "job"
+    workspace.mkdir(parents=True)
+    if spec.uid >= 0:
+        os.chown(workspace, spec.uid, spec.gid)
+    runner = Runner.start(spec, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    try:
+        runner.send({"op": "run", "function": "pids", "inputs": {}, "env": {}, "cwd": str(workspace)})
+        message = runner.recv(60)
+    finally:
+        runner.kill()
+    assert message is not None and message[:1] == b"R", message
+    seen = json.loads(message[1:])
+    assert seen["pid"] < 10 and max(seen["visible"]) < 10, seen  # bubblewrap's init, the runner, nothing else
+
+
+def test_state_folder_inside_a_read_only_mount_is_hidden(tmp_path: Path) -> None:
+    """A folder deployment holding the state folder (a repository with .factory in it) does not expose it."""
+    code, state = tmp_path / "repo", tmp_path / "repo" / ".factory"
+    (state / "work").mkdir(parents=True)
+    plan = MountPlan(Path(sys.executable), str(code), state, Path(__file__), 1024 * 1024)
+    args = mount_args(plan)
+    hidden = args.index("--tmpfs", args.index("--ro-bind", args.index(str(code)) - 1))
+    assert args[hidden + 1] == str(state)  # an empty tmpfs over the state folder, after the code's mount
+    assert args.index(str(state / "work")) > hidden  # then the workspaces alone, writable

@@ -336,7 +336,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, handlers=[_ForwardRecords()])
-    if os.getppid() == 1:  # the horse died before the death signal was set
+    # The horse died before the death signal was set (in a pid namespace, 1 is bubblewrap's init instead).
+    if os.getppid() == 1 and not config.get("pid_namespace"):
         os._exit(1)
     try:
         module = _import_prefab(str(config.get("code_dir", "")))

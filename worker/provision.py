@@ -206,6 +206,7 @@ def runner_spec(
         gid=ids[1] if ids is not None else -1,
         sandbox=tuple(sandbox),
         unshare_net=network_none and not sandbox,
+        pid_namespace=bool(sandbox) and settings.runner_pid_namespace,
         max_processes=0 if off or ids is None else settings.runner_max_processes,
         max_open_files=0 if off else settings.runner_max_open_files,
         max_file_bytes=0 if off else settings.runner_max_file_bytes,

@@ -108,6 +108,7 @@ class RunnerSpec:
     gid: int = -1  # and its gid
     sandbox: tuple[str, ...] = ()  # the bubblewrap command it starts under (empty: none)
     unshare_net: bool = False  # it makes its own empty network namespace (root without bubblewrap)
+    pid_namespace: bool = False  # bubblewrap gives it a pid namespace of its own
     max_processes: int = 0  # RLIMIT_NPROC of its uid (0: none)
     max_open_files: int = 0  # RLIMIT_NOFILE (0: inherited)
     max_file_bytes: int = 0  # RLIMIT_FSIZE (0: inherited)
@@ -122,6 +123,7 @@ class RunnerSpec:
                 "uid": self.uid,
                 "gid": self.gid,
                 "unshare_net": self.unshare_net,
+                "pid_namespace": self.pid_namespace,
                 "max_processes": self.max_processes,
                 "max_open_files": self.max_open_files,
                 "max_file_bytes": self.max_file_bytes,
@@ -219,15 +221,16 @@ class Runner:
         (``stream: stdout``), other stderr at WARNING, and its ``logging`` records as they were."""
         name = "stdout" if stream is self.popen.stdout else "stderr"
         own = logging.getLogger(f"prefab.{self.spec.prefab_id}")
-        for line in stream:
-            text = line.decode(errors="replace").rstrip()
-            if not text:
-                continue
-            if name == "stderr" and text.startswith(LOG_RECORD_MARK):
-                _forward_record(text[len(LOG_RECORD_MARK) :], self.job_fields)
-            else:
-                level = logging.INFO if name == "stdout" else logging.WARNING
-                own.log(level, "%s", text, extra={**self.job_fields, "stream": name})
+        with stream:  # closed at the runner's end, by the thread that reads it
+            for line in stream:
+                text = line.decode(errors="replace").rstrip()
+                if not text:
+                    continue
+                if name == "stderr" and text.startswith(LOG_RECORD_MARK):
+                    _forward_record(text[len(LOG_RECORD_MARK) :], self.job_fields)
+                else:
+                    level = logging.INFO if name == "stdout" else logging.WARNING
+                    own.log(level, "%s", text, extra={**self.job_fields, "stream": name})
 
     def send(self, order: dict[str, Any]) -> None:
         try:
