@@ -9,14 +9,14 @@ STAMP_RUN := $(VENV)/.installed-prefabs
 STAMP_DEV := $(VENV)/.installed-dev
 ARGS ?=
 
-.PHONY: up test test-under-load soak bench browser
+.PHONY: up test test-under-load soak bench browser sandbox
 
 up: $(STAMP_RUN)
 	$(BIN)/factory up $(ARGS)
 
 # The whole suite, then (unless ARGS picks tests) the fault tests again with one core taken by a
 # busy loop, so that a test that guesses timings instead of waiting on state fails here first.
-test: $(STAMP_DEV) browser
+test: $(STAMP_DEV) browser sandbox
 	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/pytest $(ARGS)
 	$(if $(ARGS),,$(MAKE) test-under-load)
 
@@ -41,6 +41,21 @@ browser:
 	    || echo "SKIPPING the console tests: chromium could not be installed with apt-get"; \
 	else \
 	  echo "SKIPPING the console tests: chromium is not installed and cannot be here (needs root and apt-get)"; \
+	fi
+
+# Prefab runners are sandboxed with bubblewrap (docs/security.md): installed here when missing and
+# possible (root with apt-get); where it cannot be had, this says so, the factory runs them with a
+# weaker isolation and says so too, and the tests that need it skip, naming the reason.
+sandbox:
+	@if command -v bwrap >/dev/null 2>&1; then \
+	  echo "bubblewrap for the prefab sandbox: $$(command -v bwrap)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing bubblewrap for the prefab sandbox (apt-get)"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y bubblewrap >/dev/null \
+	    || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y bubblewrap >/dev/null; }; } \
+	    || echo "WARNING: bubblewrap could not be installed with apt-get: prefab runners get a weaker sandbox"; \
+	else \
+	  echo "WARNING: bubblewrap is not installed and cannot be here (needs root and apt-get): prefab runners get a weaker sandbox"; \
 	fi
 
 # The benchmark (docs/benchmark.md): `make bench`, or e.g. `make bench ARGS="--quick --only many-jobs"`.

@@ -40,6 +40,7 @@ from bench.scenarios import (
     many_jobs,
     one_stream,
     peer,
+    sandbox,
     scaling,
 )
 
@@ -55,6 +56,7 @@ SCENARIOS: dict[str, Scenario] = {
     connections.NAME: connections.run,
     scaling.NAME: scaling.run,
     environments.NAME: environments.run,
+    sandbox.NAME: sandbox.run,
     peer.NAME: peer.run,
     curves.NAME: curves.run,
 }

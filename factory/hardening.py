@@ -1,6 +1,7 @@
 """Keeping prefab code away from the factory's own processes.
 
-Prefab runners may run as the same user as the factory. A process of the same user can read
+Prefab runners run as a user of their own when the factory runs as root (docs/security.md), but
+where it does not they share the factory's user. A process of the same user can read
 another's ``/proc/<pid>/environ`` and memory, which hold ``REDIS_URL``, API keys and storage
 credentials; a *non-dumpable* process's ``/proc`` files belong to root and it cannot be traced,
 so :func:`make_undumpable` closes that door for the gateway, the workers (and their horses, which

@@ -19,6 +19,7 @@ import redis
 from pydantic import BaseModel, Field, ValidationError
 
 from factory import keys
+from factory.isolation import Isolation
 
 
 class WorkerPresence(BaseModel):
@@ -36,6 +37,7 @@ class WorkerPresence(BaseModel):
     secrets: list[str] = Field(description="names of the declared secrets it can supply (never their values)")
     cpu_s: float
     rss_bytes: int
+    isolation: Isolation | None = Field(default=None, description="how its prefab runners are confined")
 
     def serves(self, prefab_id: str) -> bool:
         return self.serves_all or prefab_id in self.prefabs

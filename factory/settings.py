@@ -8,7 +8,7 @@ with the ``FACTORY_`` prefix, except ``REDIS_URL`` which keeps its conventional 
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -111,6 +111,28 @@ class Settings(BaseSettings):
     max_connections: int = 0  # 0: as many as the open-file limit allows, descriptors kept in reserve
     max_connections_per_client: int = 2000  # 0: no limit per client address (behind a reverse proxy)
     reader_send_timeout_s: float = Field(default=60.0, gt=0)  # a reader slower than this for one write is cut
+    # The sandbox around prefab runners (docs/security.md). auto: the strongest this machine offers
+    # (bubblewrap + a user per deployment as root); off: runners run as the worker's user, unconfined.
+    sandbox: Literal["auto", "off"] = "auto"
+    bwrap_path: str = "bwrap"  # bubblewrap's executable (a name looked up on PATH, or a path)
+    runner_uid_base: int = Field(default=200_000, ge=1000)  # as root: each deployment runs as a uid in
+    runner_uid_span: int = Field(default=1 << 30, ge=1)  # [base, base + span), no /etc/passwd entry needed
+    runner_max_processes: int = Field(default=256, ge=0)  # RLIMIT_NPROC of a deployment's user (0: none)
+    runner_max_open_files: int = Field(default=1024, ge=0)  # RLIMIT_NOFILE of a runner (0: inherited)
+    runner_max_file_bytes: int = Field(default=1024**3, ge=0)  # RLIMIT_FSIZE: the largest file it may write
+    runner_workspace_bytes: int = Field(default=2 * 1024**3, ge=0)  # a job's workspace on disk (0: no limit)
+    runner_tmp_bytes: int = Field(default=64 * 1024**2, ge=1024**2)  # the private /tmp and /dev/shm (tmpfs)
+    runner_pass_env: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker variables runners get
+    runner_network: Literal["outbound", "none"] = "outbound"  # the default network policy of a prefab
+    runner_network_by_prefab: dict[str, Literal["outbound", "none"]] = Field(default_factory=dict)  # id -> policy
+    runner_pid_namespace: bool = False  # runners see only their own processes (their pids are then private)
+
+    @field_validator("runner_pass_env", mode="before")
+    @classmethod
+    def _split_pass_env(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("prefabs", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ from rich.text import Text
 
 import gateway as gateway_package
 import worker as worker_package
-from factory import logs
+from factory import isolation, logs
 from factory.catalog import Catalog
 from factory.errors import ManifestError
 from factory.hardening import make_undumpable
@@ -100,6 +100,8 @@ def up(
     )
     make_undumpable()
     _preflight(settings)
+    if loud := isolation.warning(isolation.probe(settings)):  # docs/security.md
+        _stderr().print(f"[bold yellow]WARNING: {escape(loud)}[/bold yellow]")
     write_record(settings.state_dir, local_url(settings))
     try:
         code = Supervisor(settings).run()

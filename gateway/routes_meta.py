@@ -5,12 +5,14 @@ from typing import Literal
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from factory.catalog import PrefabEntry
 from factory.deployed import DeployedCatalog
 from factory.deployments import Deployment, DeploymentSource, DeploymentState
 from factory.errors import PrefabNotFound, ServiceUnavailable
+from factory.isolation import Isolation, Level
 from factory.manifest import Manifest
 from gateway.deps import GatewayState, StateDep
 from gateway.schemas import ErrorResponse, Health, PrefabList, PrefabSummary, VersionView
@@ -95,10 +97,35 @@ async def get_prefab(prefab_id: str, state: StateDep, version: str | None = None
     return found[0].manifest
 
 
-@router.get("/healthz", response_model=Health, tags=["health"])
-async def healthz() -> Health:
-    """The process is alive."""
-    return Health(status="ok")
+class WorkerIsolation(BaseModel):
+    worker: str
+    isolation: Isolation | None = Field(default=None, description="absent: an older worker")
+
+
+class HealthDetails(Health):
+    isolation: Level | None = Field(
+        default=None, description="the weakest isolation of prefab runners among the live workers (docs/security.md)"
+    )
+    workers: list[WorkerIsolation] = Field(default_factory=list)
+
+
+_STRENGTH: dict[Level, int] = {"off": 0, "minimal": 1, "partial": 2, "full": 3}
+
+
+@router.get("/healthz", response_model=HealthDetails, response_model_exclude_none=True, tags=["health"])
+async def healthz(state: StateDep) -> HealthDetails:
+    """The process is alive; with the isolation of prefab code each live worker reports (when Redis answers)."""
+    try:
+        workers = await state.catalog.workers()
+    except (RedisError, OSError):
+        return HealthDetails(status="ok")
+    levels: list[Level] = [w.isolation.level for w in workers if w.isolation is not None]
+    weakest = sorted(levels, key=_STRENGTH.__getitem__)[0] if levels else None
+    return HealthDetails(
+        status="ok",
+        isolation=weakest,
+        workers=[WorkerIsolation(worker=w.name, isolation=w.isolation) for w in workers],
+    )
 
 
 @router.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": ErrorResponse}})

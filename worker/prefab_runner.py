@@ -7,9 +7,13 @@ imports the prefab once, then runs one job at a time as the horse orders over a 
 value the function yields. Everything about Redis, events' ``seq``, deadlines, files and
 retries stays in the horse: this process holds no credentials and knows only its own job.
 
-Before importing prefab code it confines itself: no core dumps, an address-space limit when the
-manifest asks for one (a ``MemoryError`` then ends the job as ``RESOURCE_EXHAUSTED``), and,
-when started as root, the unprivileged user it is given. It dies with its horse.
+Before any code of the environment runs it confines itself (its interpreter is started with
+``-S``, so not even a ``.pth`` file of an installed package runs before; ``site`` is set up after):
+when asked, an empty network namespace (root, where bubblewrap did not make one); no core dumps,
+limits on processes, open files, file size and address space (a ``MemoryError`` then ends the
+job as ``RESOURCE_EXHAUSTED``); when started as root, the unprivileged uid it is given, with no
+supplementary groups; ``PR_SET_NO_NEW_PRIVS``. It dies with its horse. What it is given comes as
+one JSON argument (:class:`worker.runners.RunnerSpec` makes it).
 
 Messages to the horse are a one-letter tag and a payload:
 
@@ -32,6 +36,7 @@ import logging
 import os
 import resource
 import signal
+import site
 import sys
 import threading
 import traceback
@@ -40,25 +45,44 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWNET = 0x40000000
 LOG_RECORD_MARK = "\x1eLOG "  # as worker.runners reads it
 _TERMINAL_TYPES = ("done", "error")
 MAX_PENDING = 1024  # values yielded and not yet written, before the generator waits
 
 
-def _confine(memory_bytes: int, user: str) -> None:
-    """Limit what the prefab can do to the machine before any of its code runs."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if os.getuid() == 0 and user:
-        import pwd
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
-        entry = pwd.getpwnam(user)
+
+def _limit(which: int, value: int) -> None:
+    if value > 0:
+        resource.setrlimit(which, (value, value))
+
+
+def _confine(config: dict[str, Any]) -> None:
+    """Limit what the prefab can do to the machine before any of its code (or its environment's) runs."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if config.get("unshare_net"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "cannot make an empty network namespace (network policy none)")
+    _limit(resource.RLIMIT_NOFILE, int(config.get("max_open_files", 0)))
+    _limit(resource.RLIMIT_FSIZE, int(config.get("max_file_bytes", 0)))
+    uid = int(config.get("uid", -1))
+    if uid >= 0 and os.getuid() == 0:
+        _limit(resource.RLIMIT_NPROC, int(config.get("max_processes", 0)))
         os.setgroups([])
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
+        os.setgid(int(config.get("gid", -1)) if int(config.get("gid", -1)) >= 0 else uid)
+        os.setuid(uid)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
     # After the uid change, which clears it: die with the horse that started us.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if memory_bytes > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _limit(resource.RLIMIT_AS, int(config.get("memory_bytes", 0)))
+    site.main()  # the environment's site-packages (and its .pth files), now that nothing is left to take
 
 
 class _ForwardRecords(logging.Handler):
@@ -300,17 +324,23 @@ def _serve(conn: Connection, module: Any) -> None:
 
 
 def main() -> None:
-    fd, memory_bytes, user, code_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    fd, config = int(sys.argv[1]), json.loads(sys.argv[2])
     conn = Connection(fd)
-    _confine(memory_bytes, user)
+    try:
+        _confine(config)
+    except OSError as exc:
+        conn.send_bytes(f"Icannot confine the prefab's process: {exc}".encode())
+        os._exit(2)
+    os.environ.pop("PWD", None)  # bubblewrap sets it; the environment is the horse's allowlist alone
     # The horse decides when a job stops (it kills this process); a stray signal does not.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, handlers=[_ForwardRecords()])
-    if os.getppid() == 1:  # the horse died before the death signal was set
+    # The horse died before the death signal was set (in a pid namespace, 1 is bubblewrap's init instead).
+    if os.getppid() == 1 and not config.get("pid_namespace"):
         os._exit(1)
     try:
-        module = _import_prefab(code_dir)
+        module = _import_prefab(str(config.get("code_dir", "")))
     except BaseException as exc:  # anything the prefab's import raises, reported verbatim
         conn.send_bytes(b"I" + f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}".encode())
         os._exit(2)

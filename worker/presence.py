@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from factory import keys
+from factory.isolation import probe
 from factory.jobs import now_ms
 from factory.presence import WorkerPresence
 from factory.settings import Settings
@@ -53,6 +54,7 @@ class Presence:
         self.served = served  # the engine's: it follows the catalog, this thread reads it
         self.secrets = secrets  # every name the worker could hand a prefab; only declared ones are told
         self.started_ms = now_ms()
+        self.isolation = probe(settings)
         self.interval_s = max(0.5, settings.worker_heartbeat_s)
         self.client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5, socket_connect_timeout=2)
         self._stop = threading.Event()
@@ -92,6 +94,7 @@ class Presence:
             secrets=sorted(self.secrets & served.secret_names),
             cpu_s=_cpu_s(),
             rss_bytes=_rss_bytes(),
+            isolation=self.isolation,
         )
         lapse_s = self.interval_s * LAPSE_BEATS
         with self.client.pipeline() as pipe:

@@ -6,7 +6,9 @@ but for its state, and a retired deployment still runs the jobs queued on it). I
 is built on first need on this machine (``worker.environments``, cached by content, shared by
 every worker of the machine), from the wheel fetched out of the factory's storage or, for a
 folder deployment, from the folder's declared dependencies; then the horse's
-:class:`worker.runners.RunnerPool` starts the runner.
+:class:`worker.runners.RunnerPool` starts the runner, confined as this machine allows
+(:func:`factory.isolation.probe`, once per worker; ``worker.sandbox``): as root each deployment
+runs as a uid of its own, which owns the workspaces of its jobs (mode 0700) and nothing else.
 """
 
 import logging
@@ -21,10 +23,12 @@ import redis
 
 from factory import keys
 from factory.deployments import Deployment, DeploymentSource
+from factory.isolation import Isolation, probe
 from factory.settings import Settings
 from factory.storage import Storage, StorageError
 from worker.environments import Environment, EnvironmentBuildError, Environments, environment_key, python_tag
-from worker.runners import Runner, RunnerPool, RunnerSpec
+from worker.runners import RUNNER_PATH, Runner, RunnerPool, RunnerSpec
+from worker.sandbox import MountPlan, bwrap_prefix, deployment_uid, network_policy
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +55,13 @@ class Provisioner:
         self._python_tag = python_tag() if settings.prefab_python is None else f"interpreter:{Path(python).resolve()}"
         self._deployments: dict[str, Deployment] = {}
         self._pool: RunnerPool | None = None  # made in the process that runs jobs (the horse)
-        self._uid_gid = _user_ids(settings.runner_user) if os.getuid() == 0 else None
-        if self._uid_gid is not None:
+        self.isolation: Isolation = probe(settings)
+        self._fixed_ids = _user_ids(settings.runner_user) if os.getuid() == 0 else None
+        self._job_ids: tuple[int, int] | None = None  # uid, gid of the current job's runner (root only)
+        if self._fixed_ids is not None or self.isolation.separate_users:
             _close_state_dir(settings.state_dir)
+        if self.isolation.missing:
+            logger.warning("prefab isolation is %s: %s", self.isolation.level, "; ".join(self.isolation.missing))
 
     def deployment(self, deployment_id: str) -> Deployment:
         """The deployment's record (:class:`ProvisionError` when the factory has none)."""
@@ -107,16 +115,23 @@ class Provisioner:
         if self._pool is None:
             self._pool = RunnerPool(self.settings.max_runners_per_horse, self.environ)
         environment = self.environment(deployment)
+        spec = self.runner_spec(deployment, environment.python)
+        self._job_ids = (spec.uid, spec.gid) if spec.uid >= 0 else None
+        return self._pool.get(spec)
+
+    def runner_spec(self, deployment: Deployment, python: Path) -> RunnerSpec:
+        """How the deployment's runner is started and confined here (:class:`ProvisionError` if it cannot be)."""
         memory = deployment.manifest.execution_environment
-        spec = RunnerSpec(
+        return runner_spec(
+            self.settings,
+            self.isolation,
             key=deployment.deployment_id,
             prefab_id=deployment.prefab_id,
-            python=environment.python,
+            python=python,
             code_dir=deployment.location if deployment.source is DeploymentSource.FOLDER else "",
             memory_bytes=memory.memory_limit_bytes if memory is not None else 0,
-            user=(self.settings.runner_user or "") if self._uid_gid is not None else "",
+            user_ids=self._fixed_ids,
         )
-        return self._pool.get(spec)
 
     def environment_key(self, deployment: Deployment) -> str:
         """The key of the environment the deployment runs in (a folder's is made of its dependencies)."""
@@ -136,13 +151,68 @@ class Provisioner:
             self._pool.close()
 
     def hand_over(self, workspace: Path) -> None:
-        """Give the job's workspace to the prefab's user, when runners drop to one."""
-        if self._uid_gid is None:
+        """Give the job's workspace to the user its runner runs as (the last :meth:`runner` asked for).
+
+        Mode 0700: a runner of another deployment cannot enter it, even knowing its name.
+        """
+        if self._job_ids is None:
             return
-        uid, gid = self._uid_gid
+        uid, gid = self._job_ids
         for root, dirs, files in os.walk(workspace):
             for name in (root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)):
                 os.lchown(name, uid, gid)
+        workspace.chmod(0o700)
+
+
+def runner_spec(
+    settings: Settings,
+    isolation: Isolation,
+    *,
+    key: str,
+    prefab_id: str,
+    python: Path,
+    code_dir: str,
+    memory_bytes: int,
+    user_ids: tuple[int, int] | None = None,
+) -> RunnerSpec:
+    """A runner of deployment ``key`` confined as ``isolation`` allows: its uid (``user_ids``, else its own
+    when runners get separate users), its sandbox and network, its limits (none when the sandbox is off)."""
+    ids = user_ids
+    if ids is None and isolation.separate_users:
+        ids = (deployment_uid(settings, key),) * 2
+    network_none = network_policy(settings, prefab_id) == "none"
+    if network_none and not isolation.network_none:
+        raise ProvisionError(
+            f"{prefab_id}'s network policy is `none`, which this machine cannot enforce "
+            f"(isolation {isolation.level}: {'; '.join(isolation.missing)})"
+        )
+    sandbox: list[str] = []
+    if isolation.bwrap is not None:
+        (settings.state_dir / "work").mkdir(parents=True, exist_ok=True)
+        plan = MountPlan(python, code_dir, settings.state_dir, RUNNER_PATH, settings.runner_tmp_bytes)
+        as_root = os.geteuid() == 0
+        pid_namespace = settings.runner_pid_namespace
+        sandbox = bwrap_prefix(
+            isolation.bwrap, plan, as_root=as_root, network_none=network_none, pid_namespace=pid_namespace
+        )
+    off = settings.sandbox == "off"
+    return RunnerSpec(
+        key=key,
+        prefab_id=prefab_id,
+        python=python,
+        code_dir=code_dir,
+        memory_bytes=memory_bytes,
+        uid=ids[0] if ids is not None else -1,
+        gid=ids[1] if ids is not None else -1,
+        sandbox=tuple(sandbox),
+        unshare_net=network_none and not sandbox,
+        pid_namespace=bool(sandbox) and settings.runner_pid_namespace,
+        max_processes=0 if off or ids is None else settings.runner_max_processes,
+        max_open_files=0 if off else settings.runner_max_open_files,
+        max_file_bytes=0 if off else settings.runner_max_file_bytes,
+        workspace_bytes=0 if off else settings.runner_workspace_bytes,
+        pass_env=tuple(settings.runner_pass_env),
+    )
 
 
 def _user_ids(user: str | None) -> tuple[int, int] | None:
