@@ -62,11 +62,12 @@ class EndWatch:
         self._claim: reaper.Claim | None = None
         self._channel = b""
         self._broken = False
+        self.subscribed = False  # the subscription to the running job's channel is confirmed
         self.left = False  # the running job left this execution (read from its record)
 
     def follow(self, claim: reaper.Claim) -> None:
         """Subscribe to the channel of the job ``claim`` runs; the confirmation comes through :meth:`poll`."""
-        self._claim, self.left = claim, False
+        self._claim, self.left, self.subscribed = claim, False, False
         self._channel = keys.events_channel(claim.job_id).encode()
         self._subscribe()
 
@@ -87,7 +88,7 @@ class EndWatch:
                 if message["channel"] != self._channel:
                     continue  # the end of a job before
                 if message["type"] == "subscribe":
-                    check = True  # anything published before the subscription is in the record
+                    self.subscribed = check = True  # anything published before it is in the record
                 elif message["type"] == "message" and ends_the_execution(message["data"]):
                     check = True
             if check:
@@ -127,7 +128,7 @@ class EndWatch:
             self._break()
 
     def _break(self) -> None:
-        self._broken = True
+        self._broken, self.subscribed = True, False
         try:
             self._pubsub.reset()
         except RETRYABLE:
