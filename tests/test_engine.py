@@ -266,15 +266,21 @@ def test_the_watch_sees_the_job_pass_to_another_attempt(redis_url: str, watch: E
 
 
 def test_the_watch_follows_one_job_after_another(redis_url: str, watch: EndWatch) -> None:
-    """The end of the job before, heard after the worker moved on, is not taken for the next job's."""
+    """What the watch heard of the job before (its end, even heard after the worker moved on) is not
+    taken for the next job's."""
     client = redis.Redis.from_url(redis_url)
-    first, second = _claimed_job(client), _claimed_job(client)
+    first, second, third = _claimed_job(client), _claimed_job(client), _claimed_job(client)
     watch.follow(first)
-    assert _watch_until(watch, lambda: watch.subscribed)
-    watch.stop()
     _cancel(client, first.job_id)
+    assert _watch_until(watch, lambda: watch.left)
+    watch.stop()
+    assert not watch.poll()  # it follows no job now
     watch.follow(second)
+    assert _watch_until(watch, lambda: watch.subscribed) and not watch.left
+    watch.stop()
+    _cancel(client, second.job_id)
+    watch.follow(third)
     assert _watch_until(watch, lambda: watch.subscribed)
     assert not _watch_until(watch, lambda: watch.left, timeout_s=0.5)
-    _cancel(client, second.job_id)
+    _cancel(client, third.job_id)
     assert _watch_until(watch, lambda: watch.left)

@@ -79,9 +79,10 @@ class EndWatch:
         return None if sock is None else sock.fileno()
 
     def poll(self) -> bool:
-        """Read what arrived, without waiting; whether the running job left this execution."""
+        """Read what arrived, without waiting; whether the followed job left its execution (False when
+        the watch follows none)."""
         if self._claim is None or self._broken:
-            return self.left
+            return self._claim is not None and self.left
         check = False
         try:
             while not self.left and (message := self._pubsub.get_message(timeout=0.0)) is not None:
@@ -105,7 +106,7 @@ class EndWatch:
 
     def stop(self) -> None:
         """Leave the job's channel (the confirmation is read, and dropped, with the next job's messages)."""
-        claim, self._claim = self._claim, None
+        claim, self._claim, self.left, self.subscribed = self._claim, None, False, False
         if claim is None or self._broken:
             return
         try:
