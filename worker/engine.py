@@ -122,8 +122,8 @@ class Engine:
             while job is not None or not self._signals:
                 self._reap_if_due()
                 horse = self.horses.ready()  # forked here, before a job waits for it
+                job = job or self._take_or_wait()  # the job taken with the last release, else one taken now
                 if job is None:
-                    job = self._take_or_wait()
                     continue
                 run = self._run(job, horse)
                 try:
