@@ -24,7 +24,7 @@ from redis.client import PubSub
 
 from factory import keys, reaper
 from factory.connections import RETRYABLE
-from factory.events import is_terminal, split_batch
+from factory.events import is_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,8 @@ def left_execution(reply: list[bytes | None], claim: reaper.Claim) -> bool:
 
 def ends_the_execution(batch: bytes) -> bool:
     """Whether a batch published on a job's channel holds an end of its stream or of its attempt."""
-    try:
-        _, events = split_batch(batch)
-        event_type = orjson.loads(events[-1]).get("type")
+    try:  # a batch is its first seq, then one event a line; only the last can end anything
+        event_type = orjson.loads(batch.rpartition(b"\n")[2]).get("type")
     except (ValueError, AttributeError):
         return True  # not a batch the append writes: let the record say
     return isinstance(event_type, str) and (is_terminal(event_type) or event_type == RETRY_TYPE)
