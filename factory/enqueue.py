@@ -6,7 +6,11 @@ imports worker code. Each enqueue also rings the queue's doorbell, which wakes t
 blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up hint only.
 """
 
+import functools
+
 import redis
+import redis.asyncio as aioredis
+from redis.client import Pipeline
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -29,31 +33,66 @@ def queue_for(settings: Settings, request: InvocationRequest, client: redis.Redi
         name = keys.deploy_queue_name(settings.queue_name)
     else:
         name = keys.prefab_queue_name(settings.queue_name, request.prefab_id)
+    return _queue(client, name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _queue(client: redis.Redis, name: str) -> Queue:
+    """One ``Queue`` per client and name: RQ asks the server's version (an ``INFO`` round trip) once
+    per ``Queue`` object, on its first enqueue."""
     return Queue(name, connection=client, serializer=JSONSerializer)
+
+
+def _writes(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> Pipeline:
+    """Every write that creates the job, queued on a MULTI pipeline of ``client`` and not yet sent.
+
+    RQ writes its own job hash and queue entry (``enqueue_call`` on the pipeline), so the layout is
+    always the installed RQ's; nothing is sent until the pipeline executes.
+    """
+    queue = queue_for(settings, request, client)
+    doorbell = keys.doorbell_key(queue.name)
+    pipe = client.pipeline()
+    pipe.multi()
+    pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
+    if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
+        note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
+    queue.enqueue_call(
+        TASK,
+        args=[request.model_dump(mode="json")],
+        job_id=request.job_id,
+        timeout=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
+        result_ttl=settings.retention_s,
+        failure_ttl=settings.retention_s,
+        description=f"{request.prefab_id}.{request.function_name}",
+        pipeline=pipe,
+    )
+    pipe.rpush(doorbell, 1)
+    pipe.ltrim(doorbell, -DOORBELL_LENGTH, -1)
+    pipe.expire(doorbell, DOORBELL_TTL_S)
+    return pipe
+
+
+def _check_room(settings: Settings, waiting: int) -> None:
+    if waiting >= settings.max_queue_length:
+        raise ServiceUnavailable(f"the queue is full ({settings.max_queue_length} jobs waiting)", retry_after_s=5)
 
 
 def enqueue(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> None:
     """Create the job: record, recent list, RQ job, doorbell; 503 when its queue is full."""
-    queue = queue_for(settings, request, client)
-    if queue.count >= settings.max_queue_length:
-        raise ServiceUnavailable(f"the queue is full ({settings.max_queue_length} jobs waiting)", retry_after_s=5)
-    doorbell = keys.doorbell_key(queue.name)
-    with client.pipeline() as pipe:
-        pipe.multi()
-        pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
-        if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
-            note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
-        queue.enqueue_call(
-            TASK,
-            args=[request.model_dump(mode="json")],
-            job_id=request.job_id,
-            timeout=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
-            result_ttl=settings.retention_s,
-            failure_ttl=settings.retention_s,
-            description=f"{request.prefab_id}.{request.function_name}",
-            pipeline=pipe,
-        )
-        pipe.rpush(doorbell, 1)
-        pipe.ltrim(doorbell, -DOORBELL_LENGTH, -1)
-        pipe.expire(doorbell, DOORBELL_TTL_S)
+    _check_room(settings, queue_for(settings, request, client).count)
+    with _writes(client, settings, record, request) as pipe:
         pipe.execute()
+
+
+async def enqueue_async(
+    client: aioredis.Redis, recorder: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest
+) -> None:
+    """:func:`enqueue` on the event loop: the same writes (made with ``recorder``, a sync client that
+    sends nothing here), sent through ``client`` with no thread hop."""
+    queue = queue_for(settings, request, recorder)
+    _check_room(settings, await client.llen(queue.key))
+    with _writes(recorder, settings, record, request) as writes:
+        async with client.pipeline(transaction=True) as pipe:
+            for args, options in writes.command_stack:
+                pipe.execute_command(*args, **options)
+            await pipe.execute()

@@ -16,7 +16,7 @@ from rq.job import JobStatus as RQStatus
 
 from factory import keys
 from factory.deployed import Target
-from factory.enqueue import enqueue
+from factory.enqueue import enqueue_async
 from factory.errors import JobNotFound
 from factory.eventlog import APPEND_LUA, Outcome, append_keys, parse_append, terminal_error_args
 from factory.events import CANCELED
@@ -102,7 +102,7 @@ class JobService:
             created_ms=request.created_ms,
             streaming=target.function.streaming,
         )
-        await asyncio.to_thread(enqueue, self.sync_client, self.settings, record, request)
+        await enqueue_async(self.client, self.sync_client, self.settings, record, request)
         logger.info(
             "job queued",
             extra={
