@@ -3,8 +3,10 @@ job, is replaced when it must be, and RQ's own view of each job stays truthful.
 """
 
 import os
+import select
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,11 +17,33 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from factory import keys
-from factory.jobs import JobRecord, JobStatus
+from factory import keys, reaper
+from factory.eventlog import (
+    APPEND_LUA,
+    Outcome,
+    append_args,
+    append_keys,
+    parse_append,
+    retry_args,
+    terminal_error_args,
+)
+from factory.events import CANCELED, WORKER_LOST
+from factory.jobs import JobRecord, JobStatus, new_job_id, now_ms
 from factory.settings import Settings
 from factory_cli.processes import descendants
-from tests.stack import Gateway, Proc, Stack, enqueue_call, invoke, parent_of, read_events, wait_status
+from tests.stack import (
+    Gateway,
+    Proc,
+    Stack,
+    enqueue_call,
+    invoke,
+    parent_of,
+    read_events,
+    running,
+    wait_status,
+    wait_until,
+)
+from worker.endwatch import EndWatch
 
 pytestmark = pytest.mark.e2e
 
@@ -40,13 +64,6 @@ def horses_of(worker: Proc) -> set[int]:
 def descendants_of(worker: Proc) -> set[int]:
     """The worker's work horses and their prefab runners."""
     return set(descendants(worker.popen.pid))
-
-
-def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_one_horse_runs_job_after_job(make_stack: Stack) -> None:
@@ -97,15 +114,23 @@ def test_a_horse_interrupted_by_a_timeout_is_replaced(make_stack: Stack) -> None
     assert call(gateway, "whoami")["pid"] != before
 
 
-def test_cancel_stops_a_job_blocked_between_events(make_stack: Stack) -> None:
+def test_cancel_stops_a_job_blocked_between_events(make_stack: Stack, redis_url: str, settings: Settings) -> None:
+    """The cancel reaches the worker on the job's channel: its horse, whose function yields nothing more,
+    is gone within a second, with heartbeats (the worker's other reading of the job's record) 30 s apart."""
+    client = redis.Redis.from_url(redis_url)
     gateway = make_stack.start_gateway()
-    make_stack.start_worker()
-    job_id = invoke(gateway.url, "stubborn", {"seconds": 60})
+    worker = make_stack.start_worker(FACTORY_WORKER_HEARTBEAT_S="30", FACTORY_WORKER_LOST_AFTER_S="120")
+    job_id = enqueue_call(client, settings, "stubborn", {"seconds": 600}, timeout_s=600)
     read_events(f"{gateway.url}/jobs/{job_id}/events", limit=1)  # it started, then blocks
-    canceled_at = time.monotonic()
+    (horse,) = horses_of(worker)
+    prefab = descendants_of(worker) - {horse}  # the prefab's runner, and whatever it spawned
+    assert prefab
     assert httpx.post(f"{gateway.url}/jobs/{job_id}/cancel", timeout=10).json()["status"] == "canceled"
-    call(gateway, "whoami")  # the only worker is free again: the blocked horse was killed
-    assert time.monotonic() - canceled_at < 5
+    canceled_at = time.monotonic()  # the terminal event is written and published before the answer
+    wait_until(lambda: not running(horse), timeout_s=30)
+    assert time.monotonic() - canceled_at < 1.0
+    wait_until(lambda: not any(running(pid) for pid in prefab), timeout_s=30)  # they die with their horse
+    call(gateway, "whoami")  # the only worker is free again
     _, events = read_events(f"{gateway.url}/jobs/{job_id}/events")
     assert [e.type for e in events] == ["start", "error"] and events[-1].event["error_code"] == "CANCELED"
 
@@ -156,3 +181,106 @@ def test_the_worker_loads_its_scripts_again_when_redis_lost_them(make_stack: Sta
     assert call(gateway, "whoami")
     redis.Redis.from_url(redis_url).script_flush()  # what a restarted Redis has: no scripts
     assert call(gateway, "whoami") and call(gateway, "whoami")
+
+
+# The worker's watch on its running job (``worker.endwatch``), against a real Redis: what it reports
+# is read from the job's record, so a cancel lands however the subscription and the cancel interleave.
+
+
+def _claimed_job(client: redis.Redis) -> reaper.Claim:
+    """A job claimed by an execution, as a worker's take step leaves it."""
+    job_id = new_job_id()
+    record = JobRecord(
+        job_id=job_id, prefab_id="behaviours", function_name="counter", status=JobStatus.QUEUED, created_ms=now_ms()
+    )
+    client.hset(keys.job_key(job_id), mapping=record.to_hash())  # type: ignore[arg-type]
+    client.expire(keys.job_key(job_id), 60)
+    claim = reaper.claim(client, job_id, max_attempts=2, lost_after_s=60)
+    assert claim is not None
+    return claim
+
+
+def _append(client: redis.Redis, job_id: str, args: list[bytes | str | int]) -> Outcome:
+    """An append as the gateway's cancel and the work horse make it (the job statistics left out)."""
+    script = client.register_script(APPEND_LUA)
+    return parse_append(script(keys=append_keys(job_id, stats=False), args=args)).outcome
+
+
+def _cancel(client: redis.Redis, job_id: str) -> None:
+    assert (
+        _append(client, job_id, terminal_error_args(CANCELED, "the job was canceled", retention_s=60))
+        is Outcome.APPENDED
+    )
+
+
+def _watch_until(watch: EndWatch, condition: Any, timeout_s: float = 10.0) -> bool:
+    """Wait on the watch's descriptor, as the worker does, until ``condition`` holds; whether it did."""
+    deadline = time.monotonic() + timeout_s
+    while (remaining_s := deadline - time.monotonic()) > 0:
+        channel = watch.fileno()
+        if channel is not None:
+            select.select([channel], [], [], remaining_s)
+        watch.poll()
+        if condition():
+            return True
+    return False
+
+
+@pytest.fixture
+def watch(redis_url: str) -> Iterator[EndWatch]:
+    end_watch = EndWatch(redis.Redis.from_url(redis_url))
+    yield end_watch
+    end_watch.close()
+
+
+def test_the_watch_sees_a_cancel_published_before_it_subscribed(redis_url: str, watch: EndWatch) -> None:
+    client = redis.Redis.from_url(redis_url)
+    claim = _claimed_job(client)
+    _cancel(client, claim.job_id)  # no subscriber hears it
+    watch.follow(claim)
+    assert _watch_until(watch, lambda: watch.left)
+
+
+def test_the_watch_wakes_on_a_cancel_and_not_on_the_jobs_own_events(redis_url: str, watch: EndWatch) -> None:
+    client = redis.Redis.from_url(redis_url)
+    claim = _claimed_job(client)
+    watch.follow(claim)
+    assert _watch_until(watch, lambda: watch.subscribed) and not watch.left
+    progress = append_args([b'{"type":"progress","data":1}'], retention_s=60, token=claim.token)
+    assert _append(client, claim.job_id, progress) is Outcome.APPENDED
+    assert not _watch_until(watch, lambda: watch.left, timeout_s=0.5)
+    _cancel(client, claim.job_id)
+    assert _watch_until(watch, lambda: watch.left)
+
+
+def test_the_watch_sees_the_job_pass_to_another_attempt(redis_url: str, watch: EndWatch) -> None:
+    """A reaper that took this execution for lost hands the job on with a ``retry`` event, not a terminal one."""
+    client = redis.Redis.from_url(redis_url)
+    claim = _claimed_job(client)
+    watch.follow(claim)
+    assert _watch_until(watch, lambda: watch.subscribed) and not watch.left
+    handed_on = retry_args(claim.token, 2, 2, WORKER_LOST, "lost", retention_s=60)
+    assert _append(client, claim.job_id, handed_on) is Outcome.APPENDED
+    assert _watch_until(watch, lambda: watch.left)
+    client.zrem(keys.running_jobs_key(), claim.member)
+
+
+def test_the_watch_follows_one_job_after_another(redis_url: str, watch: EndWatch) -> None:
+    """What the watch heard of the job before (its end, even heard after the worker moved on) is not
+    taken for the next job's."""
+    client = redis.Redis.from_url(redis_url)
+    first, second, third = _claimed_job(client), _claimed_job(client), _claimed_job(client)
+    watch.follow(first)
+    _cancel(client, first.job_id)
+    assert _watch_until(watch, lambda: watch.left)
+    watch.stop()
+    assert not watch.poll()  # it follows no job now
+    watch.follow(second)
+    assert _watch_until(watch, lambda: watch.subscribed) and not watch.left
+    watch.stop()
+    _cancel(client, second.job_id)
+    watch.follow(third)
+    assert _watch_until(watch, lambda: watch.subscribed)
+    assert not _watch_until(watch, lambda: watch.left, timeout_s=0.5)
+    _cancel(client, third.job_id)
+    assert _watch_until(watch, lambda: watch.left)

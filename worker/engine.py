@@ -2,90 +2,94 @@
 
 Celery's prefork pool with one child: the worker process imports the prefabs, forks one work
 horse (``worker.horse``, ``worker.stable``) and hands it jobs over a pipe, one at a time, so the
-fork RQ paid for every job (~7 ms) is paid once per horse. For each job the worker
+fork RQ paid for every job (~7 ms) is paid once per horse. :meth:`Engine.run` reads top-down;
+each job goes through three steps:
 
-- takes it in one round trip (``worker.rqjobs``): off the first of its queues that has one (the
-  deployments' builds, then one queue per prefab it serves, in turn; ``worker.queues``), its
-  request read, its start recorded and the job claimed (an execution token, the attempt number, a
-  heartbeat). A busy worker does that in the same round trip that releases the job before; an idle
-  one blocks on its queues' doorbells for at most a second, to follow the catalog of deployments
-  (its presence record, ``worker.presence``, tells the gateways), run the lost-job reaper every
-  heartbeat and see a stop;
-- while the horse runs it, refreshes the heartbeat every ``worker_heartbeat_s``, runs the reaper
-  when due, and reads the job's record every :data:`POLL_S`: once its stream was ended from
-  outside (a cancel, a reaper) or the job passed to another execution, the horse has
-  :data:`STOP_GRACE_S` to stop by itself (it does at its next event), then its process group is
-  SIGKILLed. A job still running past RQ's own timeout of it (the horse's SIGALRM deadline plus
-  the gateway's margin) is stopped the same way and ends with ``TIMEOUT``;
-- when the horse replies, releases the execution (settling it first when the run asked for a
-  retry or could not close its stream); when the horse dies (SIGKILL, OOM, a crash), settles it
-  as lost: retried when it has attempts left, else ``WORKER_LOST``. The worker goes on with a
-  fresh horse.
+1. **run** (:meth:`Engine._run`): the horse runs the job while the worker keeps the execution alive
+   (its heartbeat every ``worker_heartbeat_s``, the lost-job reaper when due) and watches the job's
+   channel (``worker.endwatch``): once its stream is ended from outside (a cancel, a reaper) or the
+   job passes to another execution, the horse has a short grace to stop by itself (it does at its
+   next event), then its process group is SIGKILLed. A job still running past its backstop (a
+   function that defeats its timeout) is stopped the same way and ends with ``TIMEOUT``. Every
+   deadline comes from ``worker.deadlines``. The run ends with one ``worker.outcomes.RunOutcome``,
+   reported by the horse or found by the worker (the horse died, or was killed);
+2. **settle** (:meth:`Engine._settle`): when that outcome leaves the job open (or asks for a retry),
+   ``factory.reaper.settle`` puts it back on the queue, retries it when it has attempts left, or ends
+   it with the error the outcome names (``WORKER_LOST``, ``WORKER_SHUTDOWN``, ``TIMEOUT``);
+3. **release and take next** (:meth:`Engine._release_and_take_next`): one round trip drops the
+   execution's heartbeat (recording the job's end in RQ's hash) and takes the next job of the
+   worker's queues (``worker.rqjobs``): its request read, its start recorded and the job claimed
+   (an execution token, the attempt number, a heartbeat). A busy worker so goes from one job to
+   the next without waiting; the job it took is run at the next turn of the loop.
+
+An idle worker takes a job the same way (:meth:`Engine._take_or_wait`), off the first of its
+queues that has one (the deployments' builds, then one queue per prefab it serves, in turn;
+``worker.queues``), or blocks on its queues' doorbells for at most a second, to follow the
+catalog of deployments (its presence record, ``worker.presence``, tells the gateways), run the
+reaper every heartbeat and see a stop.
 
 SIGTERM or SIGINT: no new job, and the running one has ``shutdown_grace_s`` to finish; then its
 horse is killed and the job is retried on another worker when it has attempts left, else ends
-with ``WORKER_SHUTDOWN``. A second signal does it at once. Redis outages: every step retries with
-backoff (``worker.outage``), and the worker never dies of one.
+with ``WORKER_SHUTDOWN``. A second signal does it at once. A signal, a horse's death and a
+message on the job's channel each wake the worker at once (signals through Python's wake-up
+descriptor). Redis outages: every step retries with backoff (``worker.outage``), and the worker
+never dies of one.
 """
 
 import logging
 import signal
+import socket
 import time
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
-from enum import StrEnum
+from multiprocessing.connection import Connection, wait
 from types import FrameType
 
 import redis
 from redis.exceptions import NoScriptError
 from rq.job import JobStatus as RQStatus
 
-from factory import keys, reaper
+from factory import reaper
 from factory.connections import RETRYABLE
 from factory.events import SHUTDOWN, TIMEOUT, UNEXPECTED_ERROR, WORKER_LOST
 from factory.jobs import InvocationRequest
 from factory.settings import Settings
+from worker import deadlines
+from worker.deadlines import Deadlines
+from worker.endwatch import EndWatch, left_execution, queue_read_of_record
 from worker.horse import Horse, HorseGone, HorseOrder, HorseReply, describe_exit
 from worker.outage import Steps, Unreachable
+from worker.outcomes import RunOutcome
 from worker.rqjobs import RQJobs, Take
-from worker.runner import RunEnd, WorkerRuntime
+from worker.runner import WorkerRuntime
 from worker.stable import Stable
 from worker.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.1  # how often a running job's record is read for an end from outside
-STOP_GRACE_S = 0.3  # how long a horse whose job ended from outside may take to stop by itself
+WATCH_AFTER_S = 0.05  # a run not over by then follows its job's channel (a quick job costs no subscription)
 IDLE_WAKE_S = 1.0  # the longest an idle worker blocks on the queue
 CATALOG_POLL_S = 1.0  # how often the worker looks for prefabs deployed since
 
 
-class Exit(StrEnum):
-    """How the horse's run of a job ended, seen from the worker."""
-
-    REPLIED = "replied"  # the horse ran the job and reported
-    DIED = "died"  # the horse died under the job
-    ENDED = "ended"  # the job was ended from outside: horse killed
-    SHUTDOWN = "shutdown"  # the worker is stopping and the grace period is over: horse killed
-    OVERTIME = "overtime"  # the job outran its backstop deadline: horse killed
-
-
 @dataclass(frozen=True)
-class _Start:
+class _Job:
     """A job taken and claimed, ready for a horse."""
 
     request: InvocationRequest
     claim: reaper.Claim
-    backstop_s: float
+    deadlines: Deadlines
 
 
 @dataclass
 class _Run:
-    request: InvocationRequest
-    claim: reaper.Claim
+    """One job's run in a horse, and how it ended."""
+
+    job: _Job
     horse: Horse
-    overtime_at: float  # time.monotonic()
+    outcome: RunOutcome = RunOutcome.HORSE_DIED
+    reply: HorseReply | None = None  # the horse's report, when it made one
 
 
 class Engine:
@@ -95,44 +99,214 @@ class Engine:
         self.client = runtime.redis
         self.jobs = RQJobs(settings, runtime.redis, blocking, runtime.worker_name)
         self.horses = Stable(runtime, settings.max_jobs_per_horse)
+        self.watch = EndWatch(runtime.redis)
         self._signals = 0
         self._stop_at: float | None = None  # when a stop signal ends the running job
         self._next_reap_s = 0.0
         self._take_delay_s = 0.0
-        self._pending: _Start | None = None  # taken with the last job's release
         self._next_catalog_s = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()  # a signal's byte wakes the wait for the horse
         self.steps = Steps(stopping=lambda: self._signals > 0)
 
     def run(self) -> None:
-        """Take jobs until a stop signal."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        """Take jobs until a stop signal; a job already claimed still runs."""
+        self._catch_signals()
         with suppress(*RETRYABLE):  # else they are loaded on first use
             self.jobs.load_scripts()
             self._follow_catalog()
         name = self.runtime.worker_name
         served = ", ".join(self.jobs.queues.prefab_ids) or "no prefab yet"
         logger.info("Listening on %s: worker %s serving %s", self.settings.queue_name, name, served)
+        job: _Job | None = None
         try:
-            while not self._signals or self._pending is not None:  # a job already claimed still runs
+            while job is not None or not self._signals:
                 self._reap_if_due()
-                horse = self.horses.ready()
-                start, self._pending = self._pending or self._wait_for_job(), None
-                if start is None:
+                horse = self.horses.ready()  # forked here, before a job waits for it
+                job = job or self._take_or_wait()  # the job taken with the last release, else one taken now
+                if job is None:
                     continue
-                run = _Run(start.request, start.claim, horse, time.monotonic() + start.backstop_s)
-                self._conclude(run, *self._dispatch(run))
+                run = self._run(job, horse)
+                try:
+                    ended = self._settle(run)
+                    job = self._release_and_take_next(run.job.claim, ended)
+                except Unreachable:
+                    logger.error(
+                        "Redis unreachable: leaving the job to the reaper", extra={"job_id": run.job.claim.job_id}
+                    )
+                    job = None
         finally:
             self.horses.dismiss()
+            self.watch.close()
+            signal.set_wakeup_fd(-1)
         logger.info("worker %s stopped", name)
+
+    def _catch_signals(self) -> None:
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a horse that dies wakes the worker
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
-        grace_s = self.settings.shutdown_grace_s if self._signals == 1 else 0.0
-        self._stop_at = time.monotonic() + grace_s
+        now = time.monotonic()
+        self._stop_at = deadlines.shutdown_by(self.settings, now, self._signals)
+        grace_s = self._stop_at - now
         logger.info("%s: taking no new job; a running one has %g s to finish", signal.Signals(signum).name, grace_s)
 
-    def _wait_for_job(self) -> _Start | None:
+    # 1. Run
+
+    def _run(self, job: _Job, horse: Horse) -> _Run:
+        """Hand the job to the horse and supervise it to its end; the horse is kept, or let go, after."""
+        run = _Run(job, horse)
+        run.outcome, run.reply = self._dispatch(run)
+        self.horses.done(run.horse, reusable=run.reply is not None and not run.reply.spent)
+        if not run.outcome.reported:  # the horse could not clean up after the job
+            Workspace(self.settings.state_dir, job.claim.job_id).remove()
+        return run
+
+    def _dispatch(self, run: _Run) -> tuple[RunOutcome, HorseReply | None]:
+        """Hand the job to the horse (a fresh one if the idle horse died) and supervise it."""
+        order = HorseOrder(request=run.job.request, claim=run.job.claim, deadlines=run.job.deadlines)
+        try:
+            run.horse.send(order)
+        except HorseGone:
+            run.horse = self.horses.replace(run.horse)
+            try:
+                run.horse.send(order)
+            except HorseGone:
+                run.horse.wait()
+                return RunOutcome.HORSE_DIED, None
+        self.horses.dispatched(run.horse)
+        return self._supervise(run)
+
+    def _supervise(self, run: _Run) -> tuple[RunOutcome, HorseReply | None]:
+        """Wait for the horse's reply while keeping the execution alive; stop the horse when it must.
+
+        The worker sleeps until the horse replies or dies, a message comes on the job's channel, a
+        signal, or the next of its deadlines: the heartbeat, the subscription's start, the backstop,
+        the grace of a job that left this execution, the shutdown's.
+        """
+        horse, claim, now = run.horse, run.job.claim, time.monotonic()
+        kill_by = run.job.deadlines.horse_by(now)
+        beat_at = deadlines.next_beat(self.settings, now)
+        watch_at: float | None = now + WATCH_AFTER_S
+        stop_by: float | None = None  # the job left this execution: the horse's grace ends then
+        try:
+            while True:
+                wake_at = min(t for t in (kill_by, beat_at, watch_at, stop_by, self._stop_at) if t is not None)
+                self._wait(horse, wake_at - now)
+                try:
+                    reply = horse.reply(0)
+                except HorseGone:
+                    horse.wait()
+                    return RunOutcome.HORSE_DIED, None
+                if reply is not None:
+                    return reply.outcome, reply
+                if horse.exited():  # its pipe may be held open by what its prefab spawned
+                    return RunOutcome.HORSE_DIED, None
+                now = time.monotonic()
+                if watch_at is not None and now >= watch_at:
+                    watch_at = None
+                    self.watch.follow(claim)
+                left = self.watch.poll()
+                if now >= beat_at:
+                    beat_at = deadlines.next_beat(self.settings, now)
+                    left = self._beat(claim) or left
+                    self.watch.repair()
+                if left and stop_by is None:
+                    stop_by = deadlines.stop_by(now)
+                killed = self._must_stop(now, kill_by, stop_by)
+                if killed is not None:
+                    horse.kill()
+                    return killed, None
+        finally:
+            self.watch.stop()
+
+    def _wait(self, horse: Horse, timeout_s: float) -> None:
+        """Block until the horse writes (or dies), a message for the watch, a signal, or ``timeout_s``."""
+        watched: list[Connection | socket.socket | int] = [horse.conn, self._wake_r]
+        channel = self.watch.fileno()
+        if channel is not None:
+            watched.append(channel)
+        if self._wake_r in wait(watched, max(0.0, timeout_s)):
+            with suppress(BlockingIOError):
+                while self._wake_r.recv(512):
+                    pass
+
+    def _must_stop(self, now: float, kill_by: float, stop_by: float | None) -> RunOutcome | None:
+        if self._stop_at is not None and now >= self._stop_at:
+            return RunOutcome.KILLED_FOR_SHUTDOWN
+        if now >= kill_by:
+            return RunOutcome.KILLED_PAST_BACKSTOP
+        if stop_by is not None and now >= stop_by:
+            return RunOutcome.KILLED_ENDED_ELSEWHERE
+        return None
+
+    def _beat(self, claim: reaper.Claim) -> bool:
+        """Refresh the execution's heartbeat and read the job's record, in one round trip (the safety
+        net under the watch); whether the job left this execution."""
+        left = False
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                reaper.refresh(pipe, claim, self.settings.worker_lost_after_s)
+                queue_read_of_record(pipe, claim.job_id)
+                left = left_execution(pipe.execute()[-1], claim)
+        except RETRYABLE as exc:
+            logger.warning("cannot reach Redis for the heartbeat: %s", exc, extra={"job_id": claim.job_id})
+        self._reap_if_due()
+        return left
+
+    # 2. Settle
+
+    def _settle(self, run: _Run) -> bool:
+        """Settle the execution when its outcome leaves the job open or asks for a retry; whether the job ended.
+
+        :class:`Unreachable` when Redis stayed away while the worker was stopping."""
+        outcome, claim = run.outcome, run.job.claim
+        if not outcome.needs_settling:
+            return outcome is RunOutcome.CLOSED
+        code, message = self._why(run)
+        settled = self.steps.retrying(
+            "settle the job", lambda: self._settle_as(claim, code, message, outcome.may_retry), claim.job_id
+        )
+        if settled not in (reaper.Settled.ENDED, reaper.Settled.REQUEUED):
+            logger.warning("execution ended: %s (%s)", settled.value, message, extra={"job_id": claim.job_id})
+        return settled in (reaper.Settled.ENDED, reaper.Settled.FAILED)
+
+    def _settle_as(self, claim: reaper.Claim, code: str, message: str, retry: bool) -> reaper.Settled:
+        return reaper.settle(self.client, self.settings, claim.job_id, claim.token, code, message, retry=retry)
+
+    def _why(self, run: _Run) -> tuple[str, str]:
+        """The error code and message that end the job if nothing closed its stream."""
+        match run.outcome:
+            case RunOutcome.KILLED_FOR_SHUTDOWN:
+                grace_s = self.settings.shutdown_grace_s
+                return SHUTDOWN, f"the worker was shut down and the job did not finish within {grace_s:g} s"
+            case RunOutcome.KILLED_PAST_BACKSTOP:
+                timeout_s = run.job.deadlines.timeout_s
+                return TIMEOUT, f"the job exceeded its timeout of {timeout_s:g} s and was stopped"
+            case RunOutcome.HORSE_DIED:
+                return WORKER_LOST, f"the work horse running this job died ({describe_exit(run.horse.status)})"
+            case RunOutcome.RUN_FAILED if run.reply is not None:
+                return WORKER_LOST, f"the work horse could not run the job: {run.reply.failure}"
+            case RunOutcome.KILLED_ENDED_ELSEWHERE:
+                return WORKER_LOST, "the job left this execution and its work horse was stopped"
+            case _:
+                return WORKER_LOST, "the work horse could not write the job's last events"
+
+    # 3. Release and take next
+
+    def _release_and_take_next(self, claim: reaper.Claim, ended: bool) -> _Job | None:
+        """Release the execution (its job's end recorded in RQ if it ``ended``) and take the next job,
+        in one round trip; :class:`Unreachable` when Redis stayed away while the worker was stopping."""
+        token = uuid.uuid4().hex
+        released = (claim, RQStatus.FINISHED if ended else None)
+        take = self.steps.retrying("release the job", lambda: self._step(released, token), claim.job_id)
+        return self._accept(take, token)
+
+    def _take_or_wait(self) -> _Job | None:
         """Take the next job of the served queues; with none, wait for a doorbell (at most :data:`IDLE_WAKE_S`)."""
         if self._signals:
             return None
@@ -153,15 +327,6 @@ class Engine:
         self._take_delay_s = 0.0
         return self._accept(take, token)
 
-    def _follow_catalog(self) -> None:
-        """Serve the prefabs deployed since (one GET a second when nothing changed)."""
-        now = time.monotonic()
-        if now < self._next_catalog_s:
-            return
-        self._next_catalog_s = now + CATALOG_POLL_S
-        if self.jobs.queues.refresh():
-            logger.info("serving %s", ", ".join(self.jobs.queues.prefab_ids) or "no prefab yet")
-
     def _step(self, ended: tuple[reaper.Claim, RQStatus | None] | None, token: str) -> Take | None:
         """One round trip: release the execution that ``ended`` (if any), then take the queues' next job
         (none when stopping) for execution ``token``."""
@@ -181,19 +346,19 @@ class Engine:
                 self.jobs.load_scripts()  # Redis restarted since: run it again (each part is idempotent)
         return None
 
-    def _accept(self, take: Take | None, token: str) -> _Start | None:
+    def _accept(self, take: Take | None, token: str) -> _Job | None:
         """The job to run, from what the take step found; a job that will not run is dealt with here."""
         if take is None:
             return None
         job_id, runnable, outage_s = take.job_id, take.runnable, self.settings.redis_outage_s
         if take.attempt >= 1 and runnable is not None:
             claim = reaper.Claim(job_id, token, take.attempt, runnable.request.retries + 1)
-            return _Start(runnable.request, claim, runnable.backstop_s)
+            return _Job(runnable.request, claim, runnable.deadlines)
         if take.attempt >= 1:  # claimed, but there is nothing to run: the job ends here
             claim = reaper.Claim(job_id, token, take.attempt, 1)
             message = "the job's request could not be read"
             self.steps.quietly(
-                "end the job", lambda: self._settle(claim, UNEXPECTED_ERROR, message, False), job_id, outage_s
+                "end the job", lambda: self._settle_as(claim, UNEXPECTED_ERROR, message, False), job_id, outage_s
             )
             self.steps.quietly("drop the heartbeat", lambda: self.jobs.release(claim, job_id, None), job_id, outage_s)
         else:
@@ -205,114 +370,16 @@ class Engine:
             )
         return None
 
-    def _dispatch(self, run: _Run) -> tuple[Exit, HorseReply | None]:
-        """Hand the job to the horse (a fresh one if the idle horse died) and supervise it."""
-        order = HorseOrder(request=run.request, claim=run.claim)
-        try:
-            run.horse.send(order)
-        except HorseGone:
-            run.horse = self.horses.replace(run.horse)
-            try:
-                run.horse.send(order)
-            except HorseGone:
-                run.horse.wait()
-                return Exit.DIED, None
-        self.horses.dispatched(run.horse)
-        return self._supervise(run)
+    # Between jobs
 
-    def _supervise(self, run: _Run) -> tuple[Exit, HorseReply | None]:
-        """Wait for the horse's reply while keeping the execution alive; stop the horse when it must."""
-        horse, heartbeat_s = run.horse, self.settings.worker_heartbeat_s
-        started = time.monotonic()
-        next_beat, next_poll = started + heartbeat_s, started + POLL_S
-        kill_at: float | None = None
-        while True:
-            try:
-                reply = horse.reply(POLL_S)
-            except HorseGone:
-                horse.wait()
-                return Exit.DIED, None
-            if reply is not None:
-                return Exit.REPLIED, reply
-            if horse.exited():  # its pipe may be held open by what its prefab spawned
-                return Exit.DIED, None
-            now = time.monotonic()
-            stop = self._must_stop(run, now, kill_at)
-            if stop is not None:
-                horse.kill()
-                return stop, None
-            if now >= next_beat:
-                next_beat = now + heartbeat_s
-                self._beat(run.claim)
-            if kill_at is None and now >= next_poll:
-                next_poll = now + POLL_S
-                if self._ended_elsewhere(run.claim):
-                    kill_at = now + STOP_GRACE_S
-
-    def _must_stop(self, run: _Run, now: float, kill_at: float | None) -> Exit | None:
-        if self._stop_at is not None and now >= self._stop_at:
-            return Exit.SHUTDOWN
-        if now >= run.overtime_at:
-            return Exit.OVERTIME
-        if kill_at is not None and now >= kill_at:
-            return Exit.ENDED
-        return None
-
-    def _beat(self, claim: reaper.Claim) -> None:
-        try:
-            reaper.refresh(self.client, claim, self.settings.worker_lost_after_s)
-        except RETRYABLE as exc:
-            logger.warning("cannot reach Redis for the heartbeat: %s", exc, extra={"job_id": claim.job_id})
-        self._reap_if_due()
-
-    def _ended_elsewhere(self, claim: reaper.Claim) -> bool:
-        """Whether the job's stream ended, or the job passed to another execution, under the running horse."""
-        try:
-            terminal, execution = self.client.hmget(keys.job_key(claim.job_id), ["terminal", "execution"])
-        except RETRYABLE:
-            return False
-        return terminal is not None or execution != claim.token.encode()
-
-    def _conclude(self, run: _Run, exit_: Exit, reply: HorseReply | None) -> None:
-        """Settle the execution if the run left anything to settle, then release it (taking the next job)."""
-        claim = run.claim
-        self.horses.done(run.horse, reusable=exit_ is Exit.REPLIED and reply is not None and not reply.spent)
-        if exit_ is not Exit.REPLIED:  # the horse could not clean up after the job
-            Workspace(self.settings.state_dir, claim.job_id).remove()
-        try:
-            if reply is not None and reply.end in (RunEnd.ENDED, RunEnd.SUPERSEDED):
-                ended = reply.end is RunEnd.ENDED
-            else:
-                code, message, retry = self._why(run, exit_, reply)
-                settled = self.steps.retrying(
-                    "settle the job", lambda: self._settle(claim, code, message, retry), claim.job_id
-                )
-                if settled not in (reaper.Settled.ENDED, reaper.Settled.REQUEUED):
-                    logger.warning("execution ended: %s (%s)", settled.value, message, extra={"job_id": claim.job_id})
-                ended = settled in (reaper.Settled.ENDED, reaper.Settled.FAILED)
-            released = (claim, RQStatus.FINISHED if ended else None)
-            token = uuid.uuid4().hex
-            take = self.steps.retrying("drop the heartbeat", lambda: self._step(released, token), claim.job_id)
-        except Unreachable:
-            logger.error("Redis unreachable: leaving the job to the reaper", extra={"job_id": claim.job_id})
+    def _follow_catalog(self) -> None:
+        """Serve the prefabs deployed since (one GET a second when nothing changed)."""
+        now = time.monotonic()
+        if now < self._next_catalog_s:
             return
-        self._pending = self._accept(take, token)
-
-    def _settle(self, claim: reaper.Claim, code: str, message: str, retry: bool) -> reaper.Settled:
-        return reaper.settle(self.client, self.settings, claim.job_id, claim.token, code, message, retry=retry)
-
-    def _why(self, run: _Run, exit_: Exit, reply: HorseReply | None) -> tuple[str, str, bool]:
-        """The error code and message that end the job if nothing closed its stream, and whether it may retry."""
-        if exit_ is Exit.SHUTDOWN:
-            grace_s = self.settings.shutdown_grace_s
-            return SHUTDOWN, f"the worker was shut down and the job did not finish within {grace_s:g} s", True
-        if exit_ is Exit.OVERTIME:
-            return TIMEOUT, f"the job exceeded its timeout of {run.request.timeout_s:g} s and was stopped", False
-        if exit_ is Exit.DIED:
-            return WORKER_LOST, f"the work horse running this job died ({describe_exit(run.horse.status)})", True
-        if reply is not None and reply.failure is not None:
-            return WORKER_LOST, f"the work horse could not run the job: {reply.failure}", True
-        return WORKER_LOST, "the work horse could not write the job's last events", True
+        self._next_catalog_s = now + CATALOG_POLL_S
+        if self.jobs.queues.refresh():
+            logger.info("serving %s", ", ".join(self.jobs.queues.prefab_ids) or "no prefab yet")
 
     def _reap_if_due(self) -> None:
         now = time.monotonic()

@@ -1,18 +1,18 @@
 """The work horse: a child the worker forks once and hands jobs to over a pipe, one at a time.
 
-Parent side, :class:`Horse`: fork the child, send it a :class:`HorseOrder` (the request and the
-worker's claim on it), read its :class:`HorseReply`, kill its process group, collect its exit
-status. Child side, :func:`_serve`: read an order, run it with :class:`InvocationRunner`, reply,
-until the pipe closes. Messages are pydantic models as JSON, framed by
-``multiprocessing.connection`` (a length prefix per message).
+Parent side, :class:`Horse`: fork the child, send it a :class:`HorseOrder` (the request, the
+worker's claim on it and its deadlines), read its :class:`HorseReply` (how the run ended), kill
+its process group, collect its exit status. Child side, :func:`_serve`: read an order, run it
+with :class:`InvocationRunner`, reply, until the pipe closes. Messages are pydantic models as
+JSON, framed by ``multiprocessing.connection`` (a length prefix per message).
 
-The child leads a process group of its own and ignores SIGINT and SIGTERM: the worker decides
-when a job stops. It never imports prefab code: it runs each job through the prefab version's
-runner (``worker.runners``), a process of its own in the version's environment that dies with its
-horse; module state of a prefab lives on from one job to the next of the same runner, as in
-Celery's prefork pool. That is the deliberate difference from RQ's fork per job, which cost ~7 ms
-a job; the worker retires a horse after ``max_jobs_per_horse`` jobs and after any job it had to
-stop by force.
+The child leads a process group of its own, ignores SIGINT and SIGTERM and leaves the worker's
+signal wake-up descriptor alone: the worker decides when a job stops. It never imports prefab
+code: it runs each job through the prefab version's runner (``worker.runners``), a process of
+its own in the version's environment that dies with its horse; module state of a prefab lives
+on from one job to the next of the same runner, as in Celery's prefork pool. That is the
+deliberate difference from RQ's fork per job, which cost ~7 ms a job; the worker retires a horse
+after ``max_jobs_per_horse`` jobs and after any job it had to stop by force.
 """
 
 import logging
@@ -34,8 +34,10 @@ from factory import reaper
 from factory.connections import RETRYABLE
 from factory.events import TIMEOUT
 from factory.jobs import InvocationRequest
+from worker.deadlines import Deadlines
 from worker.joblog import logged_run
-from worker.runner import InvocationRunner, RunEnd, WorkerRuntime
+from worker.outcomes import RunOutcome
+from worker.runner import InvocationRunner, WorkerRuntime
 from worker.workspace import spare_workspace
 
 logger = logging.getLogger(__name__)
@@ -45,24 +47,25 @@ _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 
 
 class HorseOrder(BaseModel):
-    """Run this request under this claim."""
+    """Run this request under this claim, within these deadlines."""
 
     request: InvocationRequest
     claim: reaper.Claim
+    deadlines: Deadlines
 
 
 class HorseReply(BaseModel):
     """How the horse's run of one order ended."""
 
     job_id: str
-    end: RunEnd
+    outcome: RunOutcome  # one the horse reports (``RunOutcome.reported``)
     error_code: str | None = None
-    failure: str | None = None  # the run itself failed (not the prefab): why
+    failure: str | None = None  # the run itself failed (not the prefab): why (outcome ``RUN_FAILED``)
 
     @property
     def spent(self) -> bool:
         """The horse should not run another job: a deadline interrupted it anywhere, or its run failed."""
-        return self.error_code == TIMEOUT or self.failure is not None
+        return self.error_code == TIMEOUT or self.outcome is RunOutcome.RUN_FAILED
 
 
 class HorseGone(Exception):
@@ -170,6 +173,8 @@ def _child(runtime: WorkerRuntime, conn: Connection) -> NoReturn:
     code = 0
     try:
         os.setpgrp()
+        signal.set_wakeup_fd(-1)  # the worker's: a signal of the horse must not wake the worker
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the worker's handler only feeds that descriptor
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         runtime = replace(runtime, spare_workspace=spare_workspace(runtime.settings.state_dir, os.getpid()))
@@ -208,9 +213,10 @@ def _run(runtime: WorkerRuntime, order: HorseOrder) -> HorseReply:
     job_id = order.request.job_id
     with logged_run(runtime.redis, order.request, order.claim.attempt, runtime.worker_name) as logged:
         try:
-            report = InvocationRunner(runtime, order.request, order.claim).run()
+            report = InvocationRunner(runtime, order.request, order.claim, order.deadlines).run()
         except Exception as exc:  # Redis gone for good, or a bug: the worker settles the job
             logger.exception("the job could not be run")
-            return HorseReply(job_id=job_id, end=RunEnd.OPEN, failure=f"{type(exc).__name__}: {exc}")
-        logged.retrying = report.end is RunEnd.RETRY
-    return HorseReply(job_id=job_id, end=report.end, error_code=report.error_code)
+            failure = f"{type(exc).__name__}: {exc}"
+            return HorseReply(job_id=job_id, outcome=RunOutcome.RUN_FAILED, failure=failure)
+        logged.retrying = report.outcome is RunOutcome.RETRY_WRITTEN
+    return HorseReply(job_id=job_id, outcome=report.outcome, error_code=report.error_code)

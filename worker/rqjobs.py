@@ -29,12 +29,10 @@ from factory.eventlog import APPEND_LUA, CLAIM_FUNCTION, started_fields
 from factory.jobs import InvocationRequest
 from factory.rqtask import TASK
 from factory.settings import Settings
+from worker.deadlines import Deadlines
 from worker.queues import ServedQueues
 
 logger = logging.getLogger(__name__)
-
-# RQ's own deadline when a job has none: the gateway sets it to the factory's timeout plus this.
-DEFAULT_MARGIN_S = 30.0
 
 # Takes a job for a worker: the next one off the first of its queues that has one; reads its RQ
 # job, marks it started there, and claims its factory record (``factory.eventlog.CLAIM_FUNCTION``):
@@ -77,10 +75,10 @@ def _around_id(key_for: Callable[[str], str]) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Runnable:
-    """A job taken off the queue: the request, and how long before the worker stops it by force."""
+    """A job taken off the queue: the request, and its deadlines (RQ's timeout of it is the backstop)."""
 
     request: InvocationRequest
-    backstop_s: float
+    deadlines: Deadlines
 
 
 @dataclass(frozen=True)
@@ -160,8 +158,8 @@ class RQJobs:
         except (DeserializationError, ValidationError, ValueError, IndexError, TypeError) as exc:
             logger.error("not a factory invocation: %s", exc, extra={"job_id": job_id})
             return Take(job_id, attempt, None)
-        backstop_s = float(job.timeout) if job.timeout else request.timeout_s + DEFAULT_MARGIN_S
-        return Take(job_id, attempt, Runnable(request, backstop_s))
+        deadlines = Deadlines.of(request, float(job.timeout) if job.timeout else None)
+        return Take(job_id, attempt, Runnable(request, deadlines))
 
     def release(self, claim: reaper.Claim | None, job_id: str, rq_status: JobStatus | None) -> None:
         """:meth:`release_on`, in a round trip of its own."""

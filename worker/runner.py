@@ -1,11 +1,11 @@
 """Runs one invocation inside a work horse, from "started" to exactly one terminal event.
 
-The worker process claims the job and hands the claim over with the request; :meth:`run`
-reports how the run left the job (:class:`RunReport`), which tells the worker whether anything
-is left to settle.
+The worker process claims the job and hands the claim over with the request and its deadlines
+(``worker.deadlines``); :meth:`run` reports how the run left the job (:class:`RunReport`, a
+``worker.outcomes.RunOutcome``), which tells the worker whether anything is left to settle.
 
 Order of a run (the worker's claim already marked the job started): check secrets, prepare
-the workspace and its input files, iterate the function under its deadline while the publisher
+the workspace and its input files, iterate the function under its timeout while the publisher
 streams each event, store output files (their ``files`` event comes before the terminal one),
 then write the terminal event with the job's final record fields. The environment is put back
 as it was after each run, so nothing a job set in it reaches the next job of the same horse.
@@ -22,7 +22,6 @@ with ``REDIS_UNAVAILABLE`` as soon as Redis answers again.
 import logging
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import orjson
@@ -64,7 +63,9 @@ from factory.logs import current_job_fields
 from factory.manifest import FunctionSpec
 from factory.settings import Settings
 from worker import builder
+from worker.deadlines import Deadlines
 from worker.files import FileBridge, FileError
+from worker.outcomes import RunOutcome
 from worker.provision import Provisioner, ProvisionError
 from worker.publisher import EventPublisher, PublisherUnavailable
 from worker.runners import Runner, RunnerFailed, RunnerGone
@@ -72,7 +73,9 @@ from worker.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-CANCEL_POLL_S = 0.1  # how often a quiet function's job is checked for a cancel
+# How often a quiet function's run looks whether its publisher found the stream closed (no Redis
+# read: a stream ended from outside while the function is quiet is the worker's, ``worker.endwatch``).
+PUBLISHER_CHECK_S = 0.1
 DRAIN_S = 5.0  # how long a generator closed after its terminal event may take to clean up
 
 
@@ -89,29 +92,10 @@ class WorkerRuntime:
     spare_workspace: Path | None = None  # a work horse's (see ``worker.workspace``)
 
 
-class RunEnd(StrEnum):
-    """How a run left its job, as far as the work horse knows."""
-
-    ENDED = "ended"  # the job's log is closed: by this run's terminal event, or by someone else (cancel)
-    RETRY = "retry"  # this run wrote a ``retry`` event: the job must go back on the queue
-    SUPERSEDED = "superseded"  # the job belongs to another execution now (or no longer exists)
-    OPEN = "open"  # the log may still be open (its events could not all be written): settle it
-
-
 @dataclass(frozen=True)
 class RunReport:
-    end: RunEnd
+    outcome: RunOutcome  # one the horse reports (``RunOutcome.reported``)
     error_code: str | None = None  # the code of the run's terminal ``error`` (or of the retry's cause)
-
-
-_END_OF_APPEND = {
-    Outcome.APPENDED: RunEnd.ENDED,
-    Outcome.DUPLICATE: RunEnd.ENDED,
-    Outcome.ALREADY_ENDED: RunEnd.ENDED,
-    Outcome.LIMIT_REACHED: RunEnd.OPEN,
-    Outcome.UNKNOWN_JOB: RunEnd.SUPERSEDED,
-    Outcome.SUPERSEDED: RunEnd.SUPERSEDED,
-}
 
 
 class _Stop(Exception):
@@ -144,10 +128,13 @@ def _error(code: str, message: str) -> _End:
 
 
 class InvocationRunner:
-    def __init__(self, runtime: WorkerRuntime, request: InvocationRequest, claim: reaper.Claim) -> None:
+    def __init__(
+        self, runtime: WorkerRuntime, request: InvocationRequest, claim: reaper.Claim, deadlines: Deadlines
+    ) -> None:
         self.runtime = runtime
         self.request = request
         self.claim = claim
+        self.deadlines = deadlines
         self.workspace = Workspace(runtime.settings.state_dir, request.job_id)
         self._runner_idle = False
 
@@ -175,16 +162,16 @@ class InvocationRunner:
             return RunReport(self._end_unavailable(claim, publisher.last_seq), REDIS_UNAVAILABLE)
         if publisher.failure is not None:
             logger.error("job's events could not all be written: %s", publisher.failure)
-            return RunReport(RunEnd.OPEN, code)
-        return RunReport(self._end_of(publisher.final, end is not None and _will_retry(end, claim)), code)
+            return RunReport(RunOutcome.EVENTS_UNWRITTEN, code)
+        return RunReport(self._outcome_of(publisher.final, end is not None and _will_retry(end, claim)), code)
 
     @staticmethod
-    def _end_of(final: AppendResult | None, retrying: bool) -> RunEnd:
+    def _outcome_of(final: AppendResult | None, retrying: bool) -> RunOutcome:
         if final is None:
-            return RunEnd.OPEN
+            return RunOutcome.EVENTS_UNWRITTEN
         if retrying and final.outcome in (Outcome.APPENDED, Outcome.DUPLICATE):
-            return RunEnd.RETRY
-        return _END_OF_APPEND[final.outcome]
+            return RunOutcome.RETRY_WRITTEN
+        return RunOutcome.of_append(final.outcome)
 
     def _finish(self, publisher: EventPublisher, claim: reaper.Claim, end: _End) -> None:
         """Write the last event: the terminal one, or ``retry`` when another attempt follows."""
@@ -198,7 +185,7 @@ class InvocationRunner:
         publisher.finish(event, retry_fields(claim.token, claim.attempt + 1), Mode.RETRY)
         logger.warning("attempt %d of %d failed (%s); retrying", claim.attempt, claim.max_attempts, code)
 
-    def _end_unavailable(self, claim: reaper.Claim, last_seq: int) -> RunEnd:
+    def _end_unavailable(self, claim: reaper.Claim, last_seq: int) -> RunOutcome:
         """End the job with ``REDIS_UNAVAILABLE``, waiting as long as it takes for Redis to answer."""
         message = (
             f"Redis was unreachable for more than {self.runtime.settings.redis_outage_s:g} s, so the job was stopped; "
@@ -217,7 +204,7 @@ class InvocationRunner:
                 delay_s = min(delay_s * 2, 2.0)
                 continue
             logger.error("job stopped: Redis unreachable too long (append: %s)", result.outcome.name)
-            return _END_OF_APPEND[result.outcome]
+            return RunOutcome.of_append(result.outcome)
 
     def _run_function(self, publisher: EventPublisher, claim: reaper.Claim) -> _End | None:
         """Everything between "started" and the terminal event; returns how it ended (None: the log closed)."""
@@ -314,15 +301,14 @@ class InvocationRunner:
                 provisioner.discard(runner)
 
     def _follow(self, runner: Runner, publisher: EventPublisher) -> _End | None:
-        """Publish what the runner sends until the function ends, the deadline passes or the log closes."""
+        """Publish what the runner sends until the function ends, its timeout passes or the log closes."""
         max_bytes = self.runtime.settings.max_event_bytes
-        timeout_s = self.request.timeout_s
-        deadline_at = time.monotonic() + timeout_s
+        stop_at = self.deadlines.function_by(time.monotonic())
         while True:
-            remaining_s = deadline_at - time.monotonic()
+            remaining_s = stop_at - time.monotonic()
             if remaining_s <= 0:
-                return _error(TIMEOUT, f"the job exceeded its timeout of {timeout_s:g} s")
-            message = runner.recv(min(remaining_s, CANCEL_POLL_S))
+                return _error(TIMEOUT, f"the job exceeded its timeout of {self.deadlines.timeout_s:g} s")
+            message = runner.recv(min(remaining_s, PUBLISHER_CHECK_S))
             if publisher.ended.is_set():
                 return None
             if message is None:
