@@ -125,7 +125,9 @@ class Settings(BaseSettings):
     runner_pass_env: Annotated[list[str], NoDecode] = Field(default_factory=list)  # worker variables runners get
     runner_network: Literal["outbound", "none"] = "outbound"  # the default network policy of a prefab
     runner_network_by_prefab: dict[str, Literal["outbound", "none"]] = Field(default_factory=dict)  # id -> policy
-    runner_pid_namespace: bool = False  # runners see only their own processes (their pids are then private)
+    # Runners see only their own processes (their pids are then private), and whatever a runner leaves
+    # running dies with it: the namespace ends with its init, which dies with the horse.
+    runner_pid_namespace: bool = True
 
     @field_validator("runner_pass_env", mode="before")
     @classmethod

@@ -253,3 +253,19 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def runner_pids(worker: Proc, match: str = "prefabs/behaviours") -> list[int]:
+    """The worker's prefab runners whose command line holds ``match`` (a prefab folder's path, or an
+    environment's interpreter), by their pids out here (inside their pid namespace they have others);
+    bubblewrap's own processes are not runners."""
+    found = []
+    for pid in processes.descendants(worker.popen.pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = b" ".join(command).decode(errors="replace")
+        if "prefab_runner.py" in line and not command[0].endswith(b"bwrap") and match in line:
+            found.append(pid)
+    return found

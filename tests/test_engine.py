@@ -39,6 +39,7 @@ from tests.stack import (
     invoke,
     parent_of,
     read_events,
+    runner_pids,
     running,
     wait_status,
     wait_until,
@@ -69,16 +70,17 @@ def descendants_of(worker: Proc) -> set[int]:
 def test_one_horse_runs_job_after_job(make_stack: Stack) -> None:
     gateway = make_stack.start_gateway()
     worker = make_stack.start_worker()
-    first, second = call(gateway, "whoami")["pid"], call(gateway, "whoami")["pid"]
-    assert first == second != worker.popen.pid  # one prefab runner, in one horse, ran both
-    assert first in descendants_of(worker)
+    first, second = call(gateway, "whoami")["runner"], call(gateway, "whoami")["runner"]
+    assert first == second  # one prefab runner, in one horse, ran both
+    (runner,), (horse,) = runner_pids(worker), horses_of(worker)
+    assert runner in descendants(horse)
 
 
 @pytest.mark.parametrize("max_jobs", [1, 2])
 def test_a_horse_is_replaced_after_max_jobs_per_horse(make_stack: Stack, max_jobs: int) -> None:
     gateway = make_stack.start_gateway()
     worker = make_stack.start_worker(FACTORY_MAX_JOBS_PER_HORSE=str(max_jobs))
-    pids = [call(gateway, "whoami")["pid"] for _ in range(3 * max_jobs)]
+    pids = [call(gateway, "whoami")["runner"] for _ in range(3 * max_jobs)]
     assert [len(set(pids[i : i + max_jobs])) for i in range(0, len(pids), max_jobs)] == [1, 1, 1]
     assert len(set(pids)) == 3
     # The horses let go were collected: one horse is ready (its runners are its own children).
@@ -88,9 +90,10 @@ def test_a_horse_is_replaced_after_max_jobs_per_horse(make_stack: Stack, max_job
 def test_a_killed_idle_horse_is_replaced_and_the_next_job_runs(make_stack: Stack) -> None:
     gateway = make_stack.start_gateway()
     worker = make_stack.start_worker()
-    killed = call(gateway, "whoami")["pid"]  # the prefab's runner, idle between jobs
-    os.kill(killed, signal.SIGKILL)
-    assert call(gateway, "whoami")["pid"] != killed
+    killed = call(gateway, "whoami")["runner"]  # the prefab's runner, idle between jobs
+    (pid,) = runner_pids(worker)
+    os.kill(pid, signal.SIGKILL)
+    assert call(gateway, "whoami")["runner"] != killed
     assert worker.popen.poll() is None
 
 
@@ -99,8 +102,8 @@ def test_a_job_leaves_nothing_in_the_environment_of_the_next(make_stack: Stack) 
     make_stack.start_worker()
     first = call(gateway, "leak_state", name="BEHAVIOURS_LEFT_OVER")
     second = call(gateway, "leak_state", name="BEHAVIOURS_LEFT_OVER")
-    assert first == {"pid": first["pid"], "env": None, "module": None, "sigterm": "ignored"}
-    assert second["pid"] == first["pid"]  # the same horse ran both...
+    assert first == {"runner": first["runner"], "env": None, "module": None, "sigterm": "ignored"}
+    assert second["runner"] == first["runner"]  # the same horse ran both...
     assert second["env"] is None and second["sigterm"] == "ignored"  # ...and put back what the first changed
     assert second["module"] == "left by an earlier job"  # module state lives on, as in Celery's prefork pool
 
@@ -108,10 +111,10 @@ def test_a_job_leaves_nothing_in_the_environment_of_the_next(make_stack: Stack) 
 def test_a_horse_interrupted_by_a_timeout_is_replaced(make_stack: Stack) -> None:
     gateway = make_stack.start_gateway()
     make_stack.start_worker()
-    before = call(gateway, "whoami")["pid"]
+    before = call(gateway, "whoami")["runner"]
     _, events = read_events(f"{gateway.url}/jobs/{invoke(gateway.url, 'sleeper', {'seconds': 5})}/events")
     assert events[-1].event["error_code"] == "TIMEOUT"
-    assert call(gateway, "whoami")["pid"] != before
+    assert call(gateway, "whoami")["runner"] != before
 
 
 def test_cancel_stops_a_job_blocked_between_events(make_stack: Stack, redis_url: str, settings: Settings) -> None:

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.openai_double import REPLY, openai_double
-from tests.stack import Gateway, Stack, invoke, read_events, running, wait_status, wait_until
+from tests.stack import Gateway, Stack, invoke, read_events, runner_pids, running, wait_status, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -237,8 +237,9 @@ def test_each_job_runs_in_its_own_workspace(gateway: Gateway, shared_stack: Stac
 def test_cancel_running_job_stops_it_within_a_second(make_stack: Stack) -> None:
     """Measured where the job runs: the prefab's process is gone within a second of the cancel."""
     gateway = make_stack.start_gateway()
-    make_stack.start_worker()
-    runner = _runner_pid(gateway)  # the prefab's process in the only worker's horse, which runs the next job too
+    worker = make_stack.start_worker()
+    runner_id = _runner_id(gateway)  # the prefab's process in the only worker's horse, which runs the next job too
+    (runner,) = runner_pids(worker)
     job_id = invoke(gateway.url, "counter", {"count": 100_000, "delay_s": 0.01})
     url = f"{gateway.url}/jobs/{job_id}/events"
     _, started = read_events(url, limit=3)
@@ -252,13 +253,13 @@ def test_cancel_running_job_stops_it_within_a_second(make_stack: Stack) -> None:
     assert rest[-1].type == "error" and rest[-1].event["error_code"] == "CANCELED"
     # The terminal event is the log's last: nothing the stopped job still yielded was appended after it.
     assert httpx.get(f"{gateway.url}/jobs/{job_id}").json()["last_event_id"] == rest[-1].seq
-    assert _runner_pid(gateway) != runner  # the worker went on, with a fresh process for the prefab
+    assert _runner_id(gateway) != runner_id  # the worker went on, with a fresh process for the prefab
 
 
-def _runner_pid(gateway: Gateway) -> int:
+def _runner_id(gateway: Gateway) -> str:
     response = httpx.post(f"{gateway.url}/invoke/whoami", json={"inputs": {}}, timeout=30)
-    pid: int = response.json()["output"]["pid"]
-    return pid
+    runner: str = response.json()["output"]["runner"]
+    return runner
 
 
 def test_cancel_queued_job_never_starts(make_stack: Stack) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -171,8 +172,12 @@ def chatty(text: str) -> dict[str, Any]:
     return {"text": text}
 
 
+# This process's identity: its pid is a private one when the runner has a pid namespace of its own.
+RUNNER_ID = uuid.uuid4().hex
+
+
 def whoami() -> dict[str, Any]:
-    return {"pid": os.getpid()}
+    return {"pid": os.getpid(), "runner": RUNNER_ID}
 
 
 _LEFT: dict[str, str] = {}  # module state lives on from one job to the next of the same work horse
@@ -180,7 +185,7 @@ _LEFT: dict[str, str] = {}  # module state lives on from one job to the next of 
 
 def leak_state(name: str) -> dict[str, Any]:
     sigterm = "ignored" if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN else "handled"
-    seen = {"pid": os.getpid(), "env": os.environ.get(name), "module": _LEFT.get(name), "sigterm": sigterm}
+    seen = {"runner": RUNNER_ID, "env": os.environ.get(name), "module": _LEFT.get(name), "sigterm": sigterm}
     os.environ[name] = "left by an earlier job"
     _LEFT[name] = "left by an earlier job"
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
