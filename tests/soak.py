@@ -26,8 +26,8 @@ import httpx
 import psutil
 import redis
 
-from factory import keys
 from factory.embedded_redis import EmbeddedRedis, free_port
+from factory.store import keys
 from tests.stack import Gateway, Proc, Stack, invoke
 
 RETENTION_S = 15

@@ -15,9 +15,9 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from factory import keys
 from factory.jobs import JobRecord, JobStatus
 from factory.settings import Settings
+from factory.store import keys
 from factory.supervisor import descendants
 from tests.stack import Gateway, Proc, Stack, enqueue_call, invoke, parent_of, read_events, wait_status
 

@@ -39,13 +39,14 @@ from types import FrameType
 
 import redis
 from redis.exceptions import NoScriptError
-from rq.job import JobStatus as RQStatus
 
-from factory import keys, reaper
+from factory import reaper
 from factory.connections import RETRYABLE
 from factory.events import SHUTDOWN, TIMEOUT, UNEXPECTED_ERROR, WORKER_LOST
 from factory.jobs import InvocationRequest
 from factory.settings import Settings
+from factory.store import executions, keys
+from factory.store.rqview import RQStatus
 from worker.horse import Horse, HorseGone, HorseOrder, HorseReply, describe_exit
 from worker.outage import Steps, Unreachable
 from worker.rqjobs import RQJobs, Take
@@ -76,14 +77,14 @@ class _Start:
     """A job taken and claimed, ready for a horse."""
 
     request: InvocationRequest
-    claim: reaper.Claim
+    claim: executions.Claim
     backstop_s: float
 
 
 @dataclass
 class _Run:
     request: InvocationRequest
-    claim: reaper.Claim
+    claim: executions.Claim
     horse: Horse
     overtime_at: float  # time.monotonic()
 
@@ -162,7 +163,7 @@ class Engine:
         if self.jobs.queues.refresh():
             logger.info("serving %s", ", ".join(self.jobs.queues.prefab_ids) or "no prefab yet")
 
-    def _step(self, ended: tuple[reaper.Claim, RQStatus | None] | None, token: str) -> Take | None:
+    def _step(self, ended: tuple[executions.Claim, RQStatus | None] | None, token: str) -> Take | None:
         """One round trip: release the execution that ``ended`` (if any), then take the queues' next job
         (none when stopping) for execution ``token``."""
         take = not self._signals
@@ -187,10 +188,10 @@ class Engine:
             return None
         job_id, runnable, outage_s = take.job_id, take.runnable, self.settings.redis_outage_s
         if take.attempt >= 1 and runnable is not None:
-            claim = reaper.Claim(job_id, token, take.attempt, runnable.request.retries + 1)
+            claim = executions.Claim(job_id, token, take.attempt, runnable.request.retries + 1)
             return _Start(runnable.request, claim, runnable.backstop_s)
         if take.attempt >= 1:  # claimed, but there is nothing to run: the job ends here
-            claim = reaper.Claim(job_id, token, take.attempt, 1)
+            claim = executions.Claim(job_id, token, take.attempt, 1)
             message = "the job's request could not be read"
             self.steps.quietly(
                 "end the job", lambda: self._settle(claim, UNEXPECTED_ERROR, message, False), job_id, outage_s
@@ -258,14 +259,14 @@ class Engine:
             return Exit.ENDED
         return None
 
-    def _beat(self, claim: reaper.Claim) -> None:
+    def _beat(self, claim: executions.Claim) -> None:
         try:
-            reaper.refresh(self.client, claim, self.settings.worker_lost_after_s)
+            executions.refresh(self.client, claim, self.settings.worker_lost_after_s)
         except RETRYABLE as exc:
             logger.warning("cannot reach Redis for the heartbeat: %s", exc, extra={"job_id": claim.job_id})
         self._reap_if_due()
 
-    def _ended_elsewhere(self, claim: reaper.Claim) -> bool:
+    def _ended_elsewhere(self, claim: executions.Claim) -> bool:
         """Whether the job's stream ended, or the job passed to another execution, under the running horse."""
         try:
             terminal, execution = self.client.hmget(keys.job_key(claim.job_id), ["terminal", "execution"])
@@ -287,9 +288,9 @@ class Engine:
                 settled = self.steps.retrying(
                     "settle the job", lambda: self._settle(claim, code, message, retry), claim.job_id
                 )
-                if settled not in (reaper.Settled.ENDED, reaper.Settled.REQUEUED):
+                if settled not in (executions.Settled.ENDED, executions.Settled.REQUEUED):
                     logger.warning("execution ended: %s (%s)", settled.value, message, extra={"job_id": claim.job_id})
-                ended = settled in (reaper.Settled.ENDED, reaper.Settled.FAILED)
+                ended = settled in (executions.Settled.ENDED, executions.Settled.FAILED)
             released = (claim, RQStatus.FINISHED if ended else None)
             token = uuid.uuid4().hex
             take = self.steps.retrying("drop the heartbeat", lambda: self._step(released, token), claim.job_id)
@@ -298,8 +299,8 @@ class Engine:
             return
         self._pending = self._accept(take, token)
 
-    def _settle(self, claim: reaper.Claim, code: str, message: str, retry: bool) -> reaper.Settled:
-        return reaper.settle(self.client, self.settings, claim.job_id, claim.token, code, message, retry=retry)
+    def _settle(self, claim: executions.Claim, code: str, message: str, retry: bool) -> executions.Settled:
+        return executions.settle(self.client, self.settings, claim.job_id, claim.token, code, message, retry=retry)
 
     def _why(self, run: _Run, exit_: Exit, reply: HorseReply | None) -> tuple[str, str, bool]:
         """The error code and message that end the job if nothing closed its stream, and whether it may retry."""

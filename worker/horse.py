@@ -30,10 +30,10 @@ from typing import NoReturn
 
 from pydantic import BaseModel
 
-from factory import reaper
 from factory.connections import RETRYABLE
 from factory.events import TIMEOUT
 from factory.jobs import InvocationRequest
+from factory.store import executions
 from worker.joblog import logged_run
 from worker.runner import InvocationRunner, RunEnd, WorkerRuntime
 from worker.workspace import spare_workspace
@@ -48,7 +48,7 @@ class HorseOrder(BaseModel):
     """Run this request under this claim."""
 
     request: InvocationRequest
-    claim: reaper.Claim
+    claim: executions.Claim
 
 
 class HorseReply(BaseModel):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import redis
 
-from factory import keys
 from factory.jobs import now_ms
 from factory.presence import WorkerPresence
 from factory.settings import Settings
+from factory.store import keys
 from worker.queues import ServedQueues
 
 logger = logging.getLogger(__name__)

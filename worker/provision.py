@@ -19,10 +19,10 @@ from typing import Any
 
 import redis
 
-from factory import keys
 from factory.deployments import Deployment, DeploymentSource
 from factory.settings import Settings
 from factory.storage import Storage, StorageError
+from factory.store import keys
 from worker.environments import Environment, EnvironmentBuildError, Environments, environment_key, python_tag
 from worker.runners import Runner, RunnerPool, RunnerSpec
 
