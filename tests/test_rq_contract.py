@@ -177,3 +177,15 @@ def test_rq_lists_the_workers_that_beat(client: redis.Redis, jobs: RQJobs) -> No
         rqview.worker_gone_on(pipe, "other", names)
         pipe.execute()
     assert Worker.all(connection=client) == [] and not client.exists(keys.rq_workers_key())
+
+
+def test_a_release_loads_its_script_again_when_redis_lost_it(
+    client: redis.Redis, settings: Settings, jobs: RQJobs
+) -> None:
+    job_id = enqueue_call(client, settings, "counter", {"count": 1})
+    assert _take(jobs, "t1").job_id == job_id
+    _end(client, job_id, "t1", FactoryStatus.FINISHED)
+    client.script_flush()  # what a restarted Redis has: no scripts
+    jobs.release(Claim(job_id, "t1", 1, 1), job_id, rqview.RQStatus.FINISHED)
+    assert Job.fetch(job_id, connection=client, serializer=JSONSerializer).get_status() == JobStatus.FINISHED
+    assert StartedJobRegistry(queue=_queue(client, settings)).get_job_ids() == []

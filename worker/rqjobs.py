@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import redis
 from pydantic import ValidationError
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from factory.jobs import InvocationRequest
@@ -121,10 +122,17 @@ class RQJobs:
         return Take(job_id, attempt, Runnable(request, backstop_s))
 
     def release(self, claim: executions.Claim | None, job_id: str, rq_status: RQStatus | None) -> None:
-        """:meth:`release_on`, in a round trip of its own."""
-        with self.client.pipeline(transaction=False) as pipe:
-            self.release_on(pipe, claim, job_id, rq_status)
-            pipe.execute()
+        """:meth:`release_on`, in a round trip of its own (loading the scripts again if Redis lost them)."""
+        for first in (True, False):
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    self.release_on(pipe, claim, job_id, rq_status)
+                    pipe.execute()
+                return
+            except NoScriptError:
+                if not first:
+                    raise
+                self.load_scripts()  # each part of the release is idempotent: run it again
 
     def release_on(
         self, pipe: Pipeline, claim: executions.Claim | None, job_id: str, rq_status: RQStatus | None
