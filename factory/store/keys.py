@@ -1,7 +1,8 @@
 """Every Redis key, channel and queue name the factory uses, and nothing else.
 
 All keys of one job share the hash tag ``{<job id>}`` so a Redis Cluster would keep them on
-one slot (the atomic append script touches several of them at once).
+one slot (the atomic append script touches several of them at once). RQ's own keys, which the
+factory writes too (``factory.store.rqview``), come last: their layout is RQ's.
 """
 
 NAMESPACE = "factory"

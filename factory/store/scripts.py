@@ -8,9 +8,9 @@ side), ``worker.rqjobs`` (take), ``worker.files`` (the record of output files).
 
 Fencing: every write of an execution (an attempt of a job) carries its token, and a script refuses
 it once the record's ``execution`` field names another (the attempt was declared lost and retried,
-or the job was ended from outside): APPEND and RECORD_FILES answer ``-4`` (superseded). Only the
-gateway's cancel and a settle of a lost execution write without a token of their own; they end
-the job, and the terminal rule (nothing after the terminal event) fences every later write.
+or the job was ended from outside): APPEND and RECORD_FILES answer ``-4`` (superseded). A settle of a
+lost execution writes with that execution's token; only the gateway's cancel writes without one,
+and it ends the job: the terminal rule (nothing after the terminal event) fences every later write.
 
 Record fields named here are those of ``factory.store.fields``; RQ's key and field names are those
 of ``factory.store.keys`` / ``fields``, checked against the installed RQ by ``tests/test_rq_contract.py``.
