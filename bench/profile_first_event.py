@@ -62,12 +62,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 # Each on-CPU stack goes to the first step with a frame matching one of its patterns.
 GATEWAY_STEPS: list[tuple[str, tuple[str, ...]]] = [
-    ("POST: enqueue (RQ job, thread hop)", ("JobService.submit", "factory/enqueue.py", "_enqueue (gateway")),
+    ("POST: enqueue (RQ job, MULTI)", ("JobService.submit", "factory/enqueue.py", "_enqueue (gateway")),
     ("POST: validate, resolve the function", ("_prepare (gateway", "JobService.prepare")),
-    ("POST: 202 body (url_for, token, JSON)", ("_accepted (gateway",)),
+    ("POST: 202 body (URLs, token, JSON)", ("_accepted (gateway",)),
     ("GET: job lookup", ("JobService.get",)),
     ("GET: subscribe + confirm + log read", ("gateway/relay.py", "PubSub.")),
-    ("GET: SSE response (sse-starlette)", ("sse_starlette/",)),
+    ("GET: SSE response", ("sse_starlette/", "gateway/streaming.py")),
     ("logging", ("Logger.",)),
     ("HTTP/ASGI + FastAPI (parse, route, validate, serialize)", ("httptools_impl", "fastapi/", "starlette/")),
     ("event loop, other", ("",)),

@@ -7,6 +7,8 @@ blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up 
 """
 
 import redis
+import redis.asyncio as aioredis
+from redis.client import Pipeline
 
 from factory.errors import ServiceUnavailable
 from factory.jobs import InvocationRequest, JobRecord
@@ -28,29 +30,56 @@ def queue_for(settings: Settings, request: InvocationRequest) -> str:
     return keys.prefab_queue_name(settings.queue_name, request.prefab_id)
 
 
+def _writes(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> Pipeline:
+    """Every write that creates the job, queued on a MULTI pipeline of ``client`` and not yet sent.
+
+    RQ writes its own job hash and queue entry (``enqueue_call`` on the pipeline), so the layout is
+    always the installed RQ's; nothing is sent until the pipeline executes.
+    """
+    queue = queue_for(settings, request)
+    doorbell = keys.doorbell_key(queue)
+    pipe = client.pipeline()
+    pipe.multi()
+    pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
+    if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
+        note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
+    rqview.add_job_on(
+        pipe,
+        client,
+        queue,
+        request.job_id,
+        TASK,
+        [request.model_dump(mode="json")],
+        timeout_s=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
+        ttl_s=settings.retention_s,
+        description=f"{request.prefab_id}.{request.function_name}",
+    )
+    pipe.rpush(doorbell, 1)
+    pipe.ltrim(doorbell, -DOORBELL_LENGTH, -1)
+    pipe.expire(doorbell, DOORBELL_TTL_S)
+    return pipe
+
+
+def _check_room(settings: Settings, waiting: int) -> None:
+    if waiting >= settings.max_queue_length:
+        raise ServiceUnavailable(f"the queue is full ({settings.max_queue_length} jobs waiting)", retry_after_s=5)
+
+
 def enqueue(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> None:
     """Create the job: record, recent list, RQ job, doorbell; 503 when its queue is full."""
-    queue = queue_for(settings, request)
-    if rqview.queue_length(client, queue) >= settings.max_queue_length:
-        raise ServiceUnavailable(f"the queue is full ({settings.max_queue_length} jobs waiting)", retry_after_s=5)
-    doorbell = keys.doorbell_key(queue)
-    with client.pipeline() as pipe:
-        pipe.multi()
-        pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
-        if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
-            note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
-        rqview.add_job_on(
-            pipe,
-            client,
-            queue,
-            request.job_id,
-            TASK,
-            [request.model_dump(mode="json")],
-            timeout_s=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
-            ttl_s=settings.retention_s,
-            description=f"{request.prefab_id}.{request.function_name}",
-        )
-        pipe.rpush(doorbell, 1)
-        pipe.ltrim(doorbell, -DOORBELL_LENGTH, -1)
-        pipe.expire(doorbell, DOORBELL_TTL_S)
+    _check_room(settings, rqview.queue_length(client, queue_for(settings, request)))
+    with _writes(client, settings, record, request) as pipe:
         pipe.execute()
+
+
+async def enqueue_async(
+    client: aioredis.Redis, recorder: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest
+) -> None:
+    """:func:`enqueue` on the event loop: the same writes (made with ``recorder``, a sync client that
+    sends nothing here), sent through ``client`` with no thread hop."""
+    _check_room(settings, await client.llen(keys.rq_queue_key(queue_for(settings, request))))
+    with _writes(recorder, settings, record, request) as writes:
+        async with client.pipeline(transaction=True) as pipe:
+            for args, options in writes.command_stack:
+                pipe.execute_command(*args, **options)
+            await pipe.execute()

@@ -31,7 +31,8 @@ class GatewayState:
     broken_folders: list[PrefabEntry] = field(default_factory=list)  # configured folders that cannot be served
 
 
-def _state(request: Request) -> GatewayState:
+async def _state(request: Request) -> GatewayState:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a hop per request.
     state: GatewayState = request.state.gateway
     return state
 

@@ -31,6 +31,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from gateway.connection import EXTENSION, ConnectionHooks
+
 logger = logging.getLogger(__name__)
 
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
@@ -136,6 +138,7 @@ class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of a :class:`ConnectionGuard`; see the module docstring."""
 
     guard: ConnectionGuard  # set on the subclass :func:`protocol_for` makes, one per server
+    _hooks: ConnectionHooks  # made with the connection (``gateway.connection``)
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
@@ -149,6 +152,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._hooks = ConnectionHooks(transport.abort)  # one per connection: every request's scope shares it
         self._address = self.client[0] if self.client else ""
         self._admitted = self.guard.admit(self._address)
         if self._admitted is None:
@@ -159,6 +163,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._hooks.ended("disconnect")
         if self._admitted is not None:
             self.guard.release(self._address)
             self._admitted = None
@@ -188,13 +193,18 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        # Lets a response drop a connection it cannot end (``gateway.streaming``: a reader that never drains).
-        self.scope["extensions"] = {"gateway.abort": {"abort": self.transport.abort}}
+        # Lets a stream hear of its connection's end and drop one it cannot end (``gateway.connection``).
+        self.scope["extensions"] = {EXTENSION: {"hooks": self._hooks}}  # ASGI: an extension is a dict
         self._header_count = 0
         if not self._reading_head:  # the next request on a kept-alive connection
             self._reading_head = True
             self._head_bytes = 0
             self._arm_head_timer()
+
+    def shutdown(self) -> None:
+        """The server's graceful shutdown: a stream in progress ends by itself, and the connection after it."""
+        super().shutdown()
+        self._hooks.ended("shutdown")
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio as aioredis
 
 from factory.deployed import Target
-from factory.enqueue import enqueue
+from factory.enqueue import enqueue_async
 from factory.errors import JobNotFound
 from factory.events import CANCELED
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
@@ -101,7 +101,7 @@ class JobService:
             created_ms=request.created_ms,
             streaming=target.function.streaming,
         )
-        await asyncio.to_thread(enqueue, self.sync_client, self.settings, record, request)
+        await enqueue_async(self.client, self.sync_client, self.settings, record, request)
         logger.info(
             "job queued",
             extra={

@@ -55,6 +55,9 @@ LIVE_FLUSH_BYTES = 64 * 1024
 WRITE_BYTES = 1400
 
 
+KEEPALIVE = b": ping\n\n"  # an SSE comment, sent on a stream quiet for ``ReaderLimits.poll_s``
+
+
 def sse_frame(seq: int, raw: bytes) -> bytes:
     """One SSE event: its ``seq`` as the id and the event JSON as a single data line."""
     return b"id: %d\ndata: %s\n\n" % (seq, raw)
@@ -105,7 +108,8 @@ class EventStream:
         self.closing = False  # set on gateway shutdown: end without the terminal event
 
     async def frames(self, subscriber: Subscriber) -> AsyncGenerator[bytes, None]:
-        """Yield writes of whole SSE frames until the terminal event; then stop.
+        """Yield writes of whole SSE frames until the terminal event; then stop. A stream quiet for
+        ``poll_s`` gets a :data:`KEEPALIVE` comment.
 
         Nothing is read ahead of the client: each write is handed on (and, under uvicorn, sent
         once the socket has room) before the next page of the log is read.
@@ -115,13 +119,16 @@ class EventStream:
                 yield write
             idle_s = 0.0
             while not self.finished and not self.closing:
+                quiet = False
                 try:
-                    await asyncio.wait_for(subscriber.wakeup.wait(), self.limits.poll_s)
+                    async with asyncio.timeout(self.limits.poll_s):
+                        await subscriber.wakeup.wait()
                 except TimeoutError:
                     idle_s += self.limits.poll_s
                     if idle_s >= self.limits.idle_timeout_s:
                         logger.info("closing an idle reader", extra={"job_id": self.job_id})
                         return
+                    quiet = True
                     subscriber.overflowed = True  # nothing heard for a while: check the log
                 subscriber.wakeup.clear()
                 if self.closing:
@@ -134,7 +141,10 @@ class EventStream:
                     source = self._live(subscriber)
                 async for write in source:
                     idle_s = 0.0
+                    quiet = False
                     yield write
+                if quiet and not self.finished:
+                    yield KEEPALIVE  # keeps proxies from closing a quiet stream
         except StoreUnreachable as exc:
             logger.warning("closing a reader: %s; it resumes by Last-Event-ID", exc, extra={"job_id": self.job_id})
             yield b": the event store is unreachable; reconnect with Last-Event-ID\n\n"

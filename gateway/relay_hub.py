@@ -185,7 +185,8 @@ class RelayHub:
         elif kind == "subscribe":
             confirmed = self._confirmed.get(name)
             if confirmed is not None and not confirmed.done():
-                confirmed.set_result(None)
+                confirmed.set_result(None)  # a first subscription: its readers read the log next anyway
+                return
             # After a reconnect redis-py re-subscribes: whatever was published meanwhile is in the log.
             for subscriber in self._subscribers.get(name, ()):
                 subscriber.resync()

@@ -4,14 +4,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from factory.deployed import Target
 from factory.jobs import InvocationRequest, JobStatus
 from factory.sealing import seal_declared
 from gateway.deps import GatewayState, StateDep
 from gateway.schemas import CallBody, ErrorResponse, InvokeAccepted, InvokeBody, RuntimeResult, SeedInvokeBody
-from gateway.streaming import check_capacity, open_stream
+from gateway.streaming import RelayResponse, check_capacity, open_stream
 from gateway.waiting import wait_for_end
 
 router = APIRouter(
@@ -51,23 +50,30 @@ def _job_headers(state: GatewayState, job_id: str) -> dict[str, str]:
 
 
 def _accepted(state: GatewayState, http: Request, job_id: str) -> InvokeAccepted:
+    # What ``url_for("get_job")`` and ``url_for("job_events")`` give, without walking the routes per call.
+    status_url = f"{str(http.base_url).rstrip('/')}/jobs/{job_id}"
     return InvokeAccepted(
         job_id=job_id,
         status=JobStatus.QUEUED,
-        events_url=str(http.url_for("job_events", job_id=job_id)),
-        status_url=str(http.url_for("get_job", job_id=job_id)),
+        events_url=f"{status_url}/events",
+        status_url=status_url,
         token=_token(state, job_id),
     )
 
 
 @router.post("/invoke", status_code=202, response_model=InvokeAccepted)
-async def invoke(body: InvokeBody, http: Request, response: Response, state: StateDep) -> InvokeAccepted:
+async def invoke(body: InvokeBody, http: Request, state: StateDep) -> Response:
     """Enqueue a call and answer at once with the job id and where to follow it."""
     target, request = await _prepare(state, body.prefab_id, body.function_name, body)
     await _enqueue(state, target, request)
     accepted = _accepted(state, http, request.job_id)
-    response.headers["Location"] = accepted.status_url
-    return accepted
+    # Serialized here, once: a model returned to FastAPI is validated again against response_model.
+    return Response(
+        accepted.model_dump_json(),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": accepted.status_url},
+    )
 
 
 async def _seed_invoke(
@@ -98,13 +104,13 @@ _SEED_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/invoke/{function_name}", response_class=EventSourceResponse, responses=_SEED_RESPONSES)
+@router.post("/invoke/{function_name}", response_class=RelayResponse, responses=_SEED_RESPONSES)
 async def invoke_function(function_name: str, body: SeedInvokeBody, http: Request, state: StateDep) -> Response:
     """The seed's form, with the prefab found by the (unique) function name."""
     return await _seed_invoke(state, http, None, function_name, body)
 
 
-@router.post("/invoke/{prefab_id}/{function_name}", response_class=EventSourceResponse, responses=_SEED_RESPONSES)
+@router.post("/invoke/{prefab_id}/{function_name}", response_class=RelayResponse, responses=_SEED_RESPONSES)
 async def invoke_prefab_function(
     prefab_id: str, function_name: str, body: SeedInvokeBody, http: Request, state: StateDep
 ) -> Response:

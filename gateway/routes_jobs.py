@@ -4,14 +4,13 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
-from sse_starlette import EventSourceResponse
 
 from factory.errors import BadRequest
 from factory.jobs import JobStatus
 from gateway.deps import StateDep
 from gateway.jobs import JobFilter
 from gateway.schemas import ErrorResponse, JobList, JobView
-from gateway.streaming import open_stream
+from gateway.streaming import RelayResponse, open_stream
 
 router = APIRouter(tags=["jobs"], responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 
@@ -50,7 +49,7 @@ def _last_seq(header: str | None, query: int | None) -> int:
 
 @router.get(
     "/jobs/{job_id}/events",
-    response_class=EventSourceResponse,
+    response_class=RelayResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
         204: {"description": "the job already ended"},

@@ -1,69 +1,152 @@
-"""Builds the SSE response of one job for one reader, enforcing the reader limits.
+"""The SSE response of one job for one reader, and the reader limits it enforces.
 
-On gateway shutdown sse-starlette sets each stream's ``shutdown_event``; the stream then ends
-by itself, so its response completes cleanly (a proper end of the chunked body) and the client
-resumes on another gateway, instead of having its connection cut mid-response.
+:class:`RelayResponse` is a plain ASGI response over the relay's pre-encoded frames, written for
+this one job rather than taken from sse-starlette: per stream it starts no task (sse-starlette
+starts four in a task group: the stream, a pinger, a shutdown listener and a disconnect
+listener, and wraps every write in a cancel scope), which was a fifth of the gateway's CPU per
+call. What those tasks did is kept, each where it costs least:
+
+- keep-alive comments come from the relay, which wakes every ``keepalive_s`` anyway;
+- a client's disconnect and the server's graceful shutdown reach the stream through
+  ``gateway.connection``'s hooks (the gateway's own protocol calls them), and the stream then
+  ends at once; under another server one task watches ``receive()`` instead;
+- a write that waits longer than ``FACTORY_READER_SEND_TIMEOUT_S`` (a reader that stopped
+  reading) cuts the reader with a comment and the end of the body once its socket drains, or,
+  if it never does, by aborting the connection.
 
 Every end the server chooses is an expected one and ends the same clean way, without a
-traceback: the relay ends a stream whose Redis stayed away with a comment, and a reader that
-takes longer than ``FACTORY_READER_SEND_TIMEOUT_S`` to take one write is cut by
-:class:`RelayResponse` with a comment and the end of the body, once its socket drains (or, if
-it never does, by aborting the connection through the server's ``gateway.abort`` extension).
+traceback: a proper end of the chunked body, so the client resumes by ``Last-Event-ID`` on any
+gateway. A stream that ends on shutdown ends without its terminal event; the relay ends a stream
+whose Redis stayed away with a comment.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
+from contextlib import aclosing
 
-import anyio
-from sse_starlette import EventSourceResponse
-from sse_starlette.sse import SendTimeoutError
+from starlette.background import BackgroundTask
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from factory.errors import ServiceUnavailable
+from gateway.connection import hooks_of
 from gateway.deps import GatewayState
 from gateway.relay import EventStream, ReaderLimits
 from gateway.relay_hub import Subscriber
 
 # Tell EventSource clients how soon to reconnect after a drop (milliseconds).
 RETRY_MS = 1000
-# How long a stream has to end by itself once the gateway shuts down (it takes milliseconds).
-SHUTDOWN_GRACE_S = 2.0
 # How long a cut reader's socket may take to drain for the last comment and the end of the body.
 END_GRACE_S = 10.0
 SLOW_READER_END = b": this reader took too long to read; reconnect with Last-Event-ID\n\n"
-# The ASGI scope extension through which the gateway's server lets a response drop its connection.
-ABORT_EXTENSION = "gateway.abort"
 
 logger = logging.getLogger(__name__)
 
 
-class RelayResponse(EventSourceResponse):
-    """An SSE response whose cut for a slow reader is an orderly end, not an exception."""
+class RelayResponse(Response):
+    """``text/event-stream`` of one reader: the relay's writes, sent as they come, until its end."""
 
-    def __init__(self, *args: object, job_id: str, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.job_id = job_id
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        stream: EventStream,
+        subscriber: Subscriber,
+        *,
+        state: GatewayState,
+        headers: Mapping[str, str],
+        send_timeout_s: float,
+        status_code: int = 200,  # FastAPI reads the documented status from this default
+        background: BackgroundTask | None = None,
+    ) -> None:
+        # As Starlette's StreamingResponse: no ``Response.__init__``, which would declare a body of 0 bytes.
+        self.status_code = status_code
+        self.background = background
+        self.init_headers(
+            {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no", **headers}
+        )
+        self.stream = stream
+        self.subscriber = subscriber
+        self.state = state
+        self.send_timeout_s = send_timeout_s
+
+    def end(self, reason: str = "") -> None:
+        """End the stream at its next write or wait (the client left, or the server shuts down)."""
+        self.stream.closing = True
+        self.subscriber.wakeup.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            logger.info(
-                "cut a slow reader: a write waited over %g s; it resumes by Last-Event-ID",
-                self.send_timeout,
-                extra={"job_id": self.job_id},
-            )
-            await self._end(scope, send)
+            if scope["method"] == "HEAD":  # headers only: a stream for nobody would never end
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await self._stream(scope, receive, send)
+        finally:
+            await self.stream.hub.unsubscribe(self.subscriber)  # also when the relay never started
+        if self.background is not None:
+            await self.background()
 
-    async def _end(self, scope: Scope, send: Send) -> None:
-        with anyio.move_on_after(END_GRACE_S):
-            await send({"type": "http.response.body", "body": SLOW_READER_END, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        abort = (scope.get("extensions") or {}).get(ABORT_EXTENSION, {}).get("abort")
-        if callable(abort):
-            abort()
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hooks = hooks_of(scope)
+        watcher = None
+        if hooks is not None:
+            hooks.on_end(self.end)
+        else:
+            watcher = asyncio.create_task(self._watch(receive))
+        metrics = self.state.metrics
+        metrics.streams_open.inc()
+        slow = False
+        try:
+            async with aclosing(self.stream.frames(self.subscriber)) as frames:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS, "more_body": True})
+                async for chunk in frames:
+                    if self.stream.closing:
+                        break
+                    try:
+                        async with asyncio.timeout(self.send_timeout_s):
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    except TimeoutError:
+                        slow = True
+                        break
+                    metrics.frames_sent.inc(count_frames(chunk))
+                    metrics.bytes_sent.inc(len(chunk))
+            if slow:
+                logger.info(
+                    "cut a slow reader: a write waited over %g s; it resumes by Last-Event-ID",
+                    self.send_timeout_s,
+                    extra={"job_id": self.stream.job_id},
+                )
+                await self._cut(scope, send)
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            metrics.streams_open.dec()
+            if hooks is not None:
+                hooks.discard(self.end)
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _watch(self, receive: Receive) -> None:
+        """Without the gateway's protocol: wait for the client's disconnect on ``receive()``."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.end("disconnect")
+
+    async def _cut(self, scope: Scope, send: Send) -> None:
+        """A comment and the end of the body once the socket drains; else drop the connection."""
+        try:
+            async with asyncio.timeout(END_GRACE_S):
+                await send({"type": "http.response.body", "body": SLOW_READER_END, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+        except TimeoutError:
+            pass
+        hooks = hooks_of(scope)
+        if hooks is not None:
+            hooks.abort()
             await asyncio.sleep(0)  # let the server see the connection gone before this response returns
 
 
@@ -87,7 +170,7 @@ def check_capacity(state: GatewayState, job_id: str) -> None:
 
 async def open_stream(
     state: GatewayState, job_id: str, last_seq: int, headers: dict[str, str], *, checked: bool = False
-) -> EventSourceResponse:
+) -> RelayResponse:
     """Subscribe now (so nothing published from here on is missed) and return the stream.
 
     ``checked``: the caller ran :func:`check_capacity` already (before enqueueing a job whose
@@ -106,36 +189,6 @@ async def open_stream(
         buffer_bytes=settings.reader_buffer_bytes,
     )
     stream = EventStream(state.redis, state.hub, job_id, last_seq, limits)
-    shutdown = anyio.Event()
     return RelayResponse(
-        _counted(state, stream, subscriber, shutdown),
-        job_id=job_id,
-        shutdown_event=shutdown,
-        shutdown_grace_period=SHUTDOWN_GRACE_S,
-        ping=settings.keepalive_s,
-        sep="\n",  # the frames' own line ending, so every chunk (pings too) ends in a blank line
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **headers},
-        send_timeout=settings.reader_send_timeout_s,
+        stream, subscriber, state=state, headers=headers, send_timeout_s=settings.reader_send_timeout_s
     )
-
-
-async def _end_on_shutdown(shutdown: anyio.Event, stream: EventStream, subscriber: Subscriber) -> None:
-    await shutdown.wait()
-    stream.closing = True
-    subscriber.wakeup.set()
-
-
-async def _counted(
-    state: GatewayState, stream: EventStream, subscriber: Subscriber, shutdown: anyio.Event
-) -> AsyncIterator[bytes]:
-    state.metrics.streams_open.inc()
-    watcher = asyncio.create_task(_end_on_shutdown(shutdown, stream, subscriber))
-    try:
-        yield b"retry: %d\n\n" % RETRY_MS
-        async for chunk in stream.frames(subscriber):
-            state.metrics.frames_sent.inc(count_frames(chunk))
-            state.metrics.bytes_sent.inc(len(chunk))
-            yield chunk
-    finally:
-        watcher.cancel()
-        state.metrics.streams_open.dec()

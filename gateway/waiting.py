@@ -12,7 +12,7 @@ import orjson
 from factory.jobs import JobRecord
 from factory.store import keys
 from gateway.deps import GatewayState
-from gateway.relay import EventStream, ReaderLimits
+from gateway.relay import KEEPALIVE, EventStream, ReaderLimits
 
 
 def _stream(state: GatewayState, job_id: str) -> EventStream:
@@ -42,8 +42,9 @@ async def first_event(state: GatewayState, job_id: str, timeout_s: float) -> dic
     frames = _stream(state, job_id).frames(subscriber)
     try:
         async with asyncio.timeout(timeout_s):
-            async for _ in frames:
-                break
+            async for write in frames:
+                if write != KEEPALIVE:
+                    break
     except TimeoutError:
         return None
     finally:

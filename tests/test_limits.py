@@ -8,13 +8,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from factory.settings import Settings
 from gateway.app import create_app
+from tests.job_log_kit import log_reads
 from tests.shapes import assert_error
 from tests.stack import Stack, invoke, parse_frames, read_events, wait_status
 
@@ -244,25 +247,55 @@ def test_event_size_limit_ends_the_job_and_keeps_its_events(make_stack: Stack) -
     assert events[-1].type == "done"
 
 
+MB = 1024 * 1024
+STALL_BUFFER_BYTES = 16 * 1024
+
+
+def stalled_bytes() -> int:
+    """Bytes of events a reader must leave unread to overflow its mailbox for sure: what the sockets
+    can hold (the gateway's send buffer grows up to ``tcp_wmem``'s maximum; a receive buffer
+    that is not read from stays at ``tcp_rmem``'s default), plus a margin for what the asyncio
+    transport, the relay's pending writes and the mailbox hold."""
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    rmem_default = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[1])
+    return wmem_max + rmem_default + 4 * MB
+
+
 @pytest.mark.e2e
-def test_slow_reader_does_not_hold_up_the_others(make_stack: Stack) -> None:
-    """A reader that stops reading neither blocks the job nor another reader of it."""
-    gateway = make_stack.start_gateway()
-    make_stack.start_worker()
-    job_id = invoke(gateway.url, "counter", {"count": 300, "payload": "y" * 2000})
+def test_a_reader_stalled_past_its_buffer_holds_no_one_up_and_resyncs_from_the_log(
+    make_stack: Stack, redis_url: str
+) -> None:
+    """A reader that reads nothing while the job publishes far more than its buffer (and every socket
+    buffer on the way) holds: its mailbox overflows, yet neither the job nor another reader waits for
+    it, and once it reads again it gets every event from the log, none twice, a page at a time."""
+    payload = "y" * 2000
+    count = stalled_bytes() // len(payload)
+    gateway = make_stack.start_gateway(
+        FACTORY_READER_BUFFER_BYTES=str(STALL_BUFFER_BYTES),
+        FACTORY_READER_SEND_TIMEOUT_S="600",  # the stall is the test's, not a reader the gateway should cut
+    )
+    job_id = invoke(gateway.url, "counter", {"count": count, "payload": payload})  # no worker yet: it waits
     url = f"{gateway.url}/jobs/{job_id}/events"
-    with open_stream(url):  # never read
-        done = threading.Event()
+    store = redis.Redis.from_url(redis_url)
+    with httpx.stream("GET", url, timeout=60) as stalled:
+        assert stalled.status_code == 200  # subscribed: from here on every event reaches its mailbox
+        make_stack.start_worker()
         seqs: list[int] = []
 
         def reader() -> None:
-            with httpx.stream("GET", url, timeout=30) as response:
+            with httpx.stream("GET", url, timeout=60) as response:
                 seqs.extend(e.seq for e in parse_frames(response.iter_lines()))
-            done.set()
 
-        thread = threading.Thread(target=reader)
-        thread.start()
-        assert done.wait(30)
-        thread.join()
-    assert seqs == list(range(1, 303))
-    assert wait_status(gateway.url, job_id, {"finished"})["status"] == "finished"
+        other = threading.Thread(target=reader)
+        other.start()
+        other.join(90)
+        assert not other.is_alive(), "the other reader was held up"
+        assert seqs == list(range(1, count + 3))
+        assert wait_status(gateway.url, job_id, {"finished"})["last_event_id"] == count + 2
+        reads_before = log_reads(store)
+        stalled_seqs = [e.seq for e in parse_frames(stalled.iter_lines())]
+    assert stalled_seqs == list(range(1, count + 3))
+    # What did not fit in the socket came from the log, in pages of about the buffer's size: at least
+    # the 4 MB of margin in ``stalled_bytes``, so hundreds of pages (a reader that kept every message
+    # it was sent in memory would not read the log here at all).
+    assert log_reads(store) - reads_before >= 4 * MB // STALL_BUFFER_BYTES // 2

@@ -5,8 +5,10 @@ The function runs on the work horse's main thread and hands each encoded event t
 previous write was in flight as one atomic append (``factory.store.eventlog``). A slow generator
 thus pays one round trip per event with no added latency, and a fast one gets batches of up to
 :data:`MAX_BATCH` events per round trip. The queue is bounded, so a stalled Redis slows the
-generator down instead of filling memory. The thread starts with the first event: a job whose
-only event is its terminal one (a plain function) is written on the caller's thread.
+generator down instead of filling memory. The first event is written on the caller's thread,
+at once (there is nothing in flight to batch it behind, and a thread start and hand-off would
+only delay the moment a caller waits for); the thread starts with the second. A job whose only
+event is its terminal one (a plain function) is written on the caller's thread too.
 
 A write that fails for lack of Redis is retried with backoff, for up to ``redis_outage_s``;
 retries are safe because each batch carries an id the append script deduplicates. Past that
@@ -24,6 +26,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -83,13 +86,23 @@ class EventPublisher:
         self._thread = threading.Thread(target=self._run, name=f"publisher-{job_id}", daemon=True)
 
     def publish(self, event: bytes) -> None:
-        """Queue one non-terminal event (blocks while the queue is full)."""
+        """Write the job's first event at once; queue each later one (blocks while the queue is full)."""
+        if self.ended.is_set():
+            return  # the log closed (or the publisher stopped): the caller sees ``ended`` and stops
         if self._thread.ident is None:
+            if self._batches == 0:  # nothing in flight to batch behind: no thread start or hand-off for it
+                self._guarded(lambda: self._send([event]))
+                return
             self._thread.start()
         self._queue.put(event)
 
     def finish(self, event: bytes, fields: dict[str, bytes], mode: Mode = Mode.TERMINAL) -> AppendResult | None:
-        """Queue the last event (terminal, or ``retry`` with ``Mode.RETRY``), wait until all is written; its outcome."""
+        """Queue the last event (terminal, or ``retry`` with ``Mode.RETRY``), wait until all is written; its outcome.
+
+        Once the publisher has stopped (the log closed, or Redis stayed away), nothing more is written.
+        """
+        if self.ended.is_set():
+            return self.final
         self._queue.put(_Terminal(event, fields, mode))
         if self._thread.ident is None:
             self._run()  # nothing was published before: no thread to hand it to
@@ -98,17 +111,24 @@ class EventPublisher:
         return self.final
 
     def _run(self) -> None:
+        self._guarded(self._write_queued)
+
+    def _write_queued(self) -> bool:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH and not isinstance(batch[-1], _Terminal):
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if self._send(batch):
+                return True
+
+    def _guarded(self, write: Callable[[], bool]) -> None:
+        """Run ``write``; whatever stops it is recorded, so the producer sees ``ended`` and why."""
         try:
-            while True:
-                batch = [self._queue.get()]
-                while len(batch) < MAX_BATCH and not isinstance(batch[-1], _Terminal):
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if self._send(batch):
-                    return
-        except BaseException as exc:  # the thread must record why it stopped, whatever it was
+            write()
+        except BaseException as exc:
             self.failure = exc
             self.ended.set()
             self._drain()  # a producer blocked on the full queue must wake up and see ``ended``

@@ -21,6 +21,7 @@ RQ's own cleanup would); a started entry is removed when its execution ends, who
 a worker's hash and the sets of workers carry the heartbeat's TTL.
 """
 
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -80,8 +81,7 @@ def add_job_on(
     description: str,
 ) -> None:
     """Queue on ``pipe`` the creation of an RQ job calling ``func`` (a dotted path) and its place on the queue."""
-    queue = Queue(queue_name, connection=client, serializer=JSONSerializer)
-    queue.enqueue_call(
+    _queue(client, queue_name).enqueue_call(
         func,
         args=args,
         job_id=job_id,
@@ -91,6 +91,13 @@ def add_job_on(
         description=description,
         pipeline=pipe,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _queue(client: redis.Redis, name: str) -> Queue:
+    """One ``Queue`` per client and name: RQ asks the server's version (an ``INFO`` round trip) once
+    per ``Queue`` object, on its first enqueue."""
+    return Queue(name, connection=client, serializer=JSONSerializer)
 
 
 def queue_length(client: redis.Redis, queue_name: str) -> int:

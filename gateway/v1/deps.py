@@ -22,7 +22,7 @@ class Ecosystem:
     files: EcosystemFiles
 
 
-def _ecosystem(request: Request) -> Ecosystem:
+async def _ecosystem(request: Request) -> Ecosystem:
     ecosystem: Ecosystem = request.state.ecosystem
     return ecosystem
 

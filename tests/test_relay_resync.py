@@ -1,0 +1,283 @@
+"""The relay's way back to the log, against the real Redis: a reader whose mailbox overflows, that
+sees a gap in the channel's seqs, whose hub lost its connection or that hears nothing reads the
+log again from its last ``seq``, and gets every event exactly once, in order.
+
+Each test drives one reader's :class:`~gateway.relay.EventStream` by hand: a write the test does
+not take is a client that does not read. Events are appended with the append script, as the
+worker does (published on the job's channel); an event pushed onto the log alone stands for a
+channel message that got lost.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from factory.store import keys
+from factory.store.eventlog import append_args, append_keys
+from factory.store.scripts import APPEND_LUA
+from gateway.relay import FIRST_PAGE, EventStream, ReaderLimits
+from gateway.relay_hub import RelayHub, Subscriber
+from tests.job_log_kit import event, log_of, log_reads, new_job
+
+HUB = "relay-hub-under-test"
+DONE = orjson.dumps({"type": "done", "data": None})
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` (letting the hub run meanwhile) until it holds, within a generous deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.01)
+
+
+def parse(writes: list[bytes]) -> list[tuple[int, bytes]]:
+    """The ``(seq, event)`` of every SSE frame in the writes, in order (comments, keep-alives, left out)."""
+    frames = []
+    for block in b"".join(writes).split(b"\n\n"):
+        if block and not block.startswith(b":"):
+            head, data = block.split(b"\n")
+            assert head.startswith(b"id: ") and data.startswith(b"data: "), block
+            frames.append((int(head[4:]), data[6:]))
+    return frames
+
+
+class Reader:
+    """One SSE reader of one job on a hub of its own, taking writes only when the test says so.
+
+    ``open`` leaves it as a reader that has caught up: the initial replay done and the resync that
+    the subscription's confirmation asks for (``RelayHub``) behind it, waiting on its channel. With
+    ``started=False`` it has only subscribed, as a response that has not sent anything yet.
+    """
+
+    def __init__(self, client: aioredis.Redis, hub: RelayHub, subscriber: Subscriber, stream: EventStream) -> None:
+        self.client = client
+        self.hub = hub
+        self.subscriber = subscriber
+        self.writes = stream.frames(subscriber)
+        self._next: asyncio.Task[bytes] | None = None
+
+    @classmethod
+    async def open(
+        cls, redis_url: str, job_id: str, *, buffer_bytes: int = 64 * 1024, poll_s: float = 60.0, started: bool = True
+    ) -> "Reader":
+        client = aioredis.Redis.from_url(redis_url, client_name=HUB)
+        hub = RelayHub(client, buffer_bytes=buffer_bytes)
+        await hub.start()
+        subscriber = await hub.subscribe(job_id)  # what the gateway does before its response starts
+        limits = ReaderLimits(poll_s=poll_s, idle_timeout_s=3600, buffer_bytes=buffer_bytes)
+        reader = cls(client, hub, subscriber, EventStream(client, hub, job_id, 0, limits))
+        if started:
+            reader._next = asyncio.create_task(reader._write())
+            await eventually(
+                lambda: not (subscriber.overflowed or subscriber.wakeup.is_set()), "the reader waits on its channel"
+            )
+        return reader
+
+    async def _write(self) -> bytes:
+        return await anext(self.writes)
+
+    async def _take_writes(self, enough: Callable[[list[bytes]], bool], what: str) -> list[bytes]:
+        writes: list[bytes] = []
+        try:
+            async with asyncio.timeout(30):
+                while not enough(writes):
+                    next_write, self._next = self._next or asyncio.create_task(self._write()), None
+                    writes.append(await next_write)
+        except TimeoutError:
+            raise AssertionError(f"never came: {what}; got {parse(writes)}") from None
+        except StopAsyncIteration:
+            pass
+        return writes
+
+    async def take(self, count: int) -> list[tuple[int, bytes]]:
+        """Take writes until they hold ``count`` more frames."""
+        return parse(await self._take_writes(lambda writes: len(parse(writes)) >= count, f"{count} frames"))
+
+    async def rest(self) -> list[tuple[int, bytes]]:
+        """Take writes to the end of the stream (the terminal event)."""
+        return parse(await self._take_writes(lambda _: False, "the end of the stream"))
+
+    async def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            await asyncio.gather(self._next, return_exceptions=True)
+        await self.writes.aclose()
+        await self.hub.close()
+        await self.client.aclose()
+
+
+async def append(client: aioredis.Redis, job_id: str, *events: bytes) -> None:
+    """One batch through the append script: logged and published, as a worker's."""
+    script = client.register_script(APPEND_LUA)
+    await script(keys=append_keys(job_id), args=append_args(list(events), retention_s=600))
+
+
+def lose(admin: redis.Redis, job_id: str, *events: bytes) -> None:
+    """Events in the log whose channel message never reached the gateway."""
+    admin.rpush(keys.events_key(job_id), *events)
+
+
+def numbered(log: list[bytes]) -> list[tuple[int, bytes]]:
+    return list(enumerate(log, start=1))
+
+
+def test_a_reader_whose_mailbox_overflows_reads_the_log_again(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+    big = [event(n, payload="x" * 500) for n in range(2, 42)]  # ~20 KiB: five times the mailbox
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id, buffer_bytes=4096)
+        try:
+            await append(reader.client, job_id, event(1))
+            assert await reader.take(1) == [(1, event(1))]
+            assert not reader.subscriber.overflowed
+            for one in big:  # one message each, while the client reads nothing
+                await append(reader.client, job_id, one)
+            await eventually(lambda: reader.subscriber.overflowed, "the mailbox overflowed")
+            assert reader.subscriber.size_bytes <= 4096
+            await append(reader.client, job_id, DONE)
+            received = [(1, event(1)), *await reader.rest()]
+        finally:
+            await reader.close()
+        assert received == numbered(log_of(admin, job_id)) == numbered([event(1), *big, DONE])
+
+    run(scenario)
+
+
+def test_a_late_reader_reads_the_log_a_page_at_a_time_as_its_client_takes_it(redis_url: str) -> None:
+    """However long the log, a reader holds about ``buffer_bytes`` of it, and reads no page ahead of its client."""
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+    events = [event(n, payload="z" * 500) for n in range(1, 2001)]  # ~1 MB
+    admin.rpush(keys.events_key(job_id), *events, DONE)
+    buffer_bytes = 16 * 1024
+    per_page = buffer_bytes // len(events[-1])  # the pages after the first: a buffer's worth of events
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id, buffer_bytes=buffer_bytes, started=False)
+        try:
+            reads_before = log_reads(admin)
+            received = await reader.take(FIRST_PAGE + 2 * per_page)
+            # The first page, then two of a buffer's size (a write never holds frames of two pages).
+            assert log_reads(admin) - reads_before <= 3
+            received += await reader.rest()
+            assert log_reads(admin) - reads_before >= 1 + (len(events) - FIRST_PAGE) // (per_page + 1)
+        finally:
+            await reader.close()
+        assert received == numbered([*events, DONE])
+
+    run(scenario)
+
+
+def test_a_gap_in_the_channels_seqs_is_filled_from_the_log(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id)
+        try:
+            await append(reader.client, job_id, event(1))
+            assert await reader.take(1) == [(1, event(1))]
+            lose(admin, job_id, event(2), event(3))
+            await append(reader.client, job_id, event(4))  # arrives as seq 4 after seq 1: a gap
+            assert await reader.take(3) == [(2, event(2)), (3, event(3)), (4, event(4))]
+            await append(reader.client, job_id, DONE)
+            assert await reader.rest() == [(5, DONE)]
+        finally:
+            await reader.close()
+
+    run(scenario)
+
+
+def test_events_both_in_the_log_and_on_the_channel_are_sent_once(redis_url: str) -> None:
+    """Events appended between the subscribe and the first read of the log are in both; each is sent once."""
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id, started=False)
+        try:
+            await append(reader.client, job_id, event(1), event(2))
+            await eventually(lambda: bool(reader.subscriber.messages), "the batch in the mailbox")
+            assert await reader.take(2) == [(1, event(1)), (2, event(2))]  # from the log
+            assert reader.subscriber.messages  # and their copy from the channel still waits
+            await append(reader.client, job_id, event(3), DONE)
+            assert await reader.rest() == [(3, event(3)), (4, DONE)]  # the mailbox's copy of 1 and 2 dropped
+        finally:
+            await reader.close()
+
+    run(scenario)
+
+
+def test_a_message_partly_sent_already_adds_only_its_new_events(redis_url: str) -> None:
+    """A channel message whose first events the reader sent already (from the log) is cut by ``seq``."""
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id)
+        try:
+            await append(reader.client, job_id, event(1))
+            assert await reader.take(1) == [(1, event(1))]
+            lose(admin, job_id, event(2))
+            admin.publish(keys.events_channel(job_id), b"\n".join([b"1", event(1), event(2)]))
+            assert await reader.take(1) == [(2, event(2))]
+            await append(reader.client, job_id, DONE)
+            assert await reader.rest() == [(3, DONE)]
+        finally:
+            await reader.close()
+
+    run(scenario)
+
+
+def test_events_published_while_the_hub_was_disconnected_come_from_the_log(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+    script = admin.register_script(APPEND_LUA)
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id)
+        try:
+            await append(reader.client, job_id, event(1))
+            assert await reader.take(1) == [(1, event(1))]
+            # With the event loop held (blocking calls), the hub cannot reconnect before the publish:
+            # the channel message has no subscriber and is gone.
+            (hub,) = [c for c in admin.client_list() if c["name"] == HUB and "P" in c["flags"]]
+            assert admin.client_kill_filter(_id=hub["id"]) == 1
+            script(keys=append_keys(job_id), args=append_args([event(2)], retention_s=600))
+            assert await reader.take(1) == [(2, event(2))]
+            await append(reader.client, job_id, DONE)  # and the channel works again
+            assert await reader.rest() == [(3, DONE)]
+        finally:
+            await reader.close()
+
+    run(scenario)
+
+
+def test_a_reader_that_hears_nothing_checks_the_log(redis_url: str) -> None:
+    """A lost channel message with nothing after it is found by the reader's periodic look at the log."""
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id, poll_s=0.05)
+        try:
+            await append(reader.client, job_id, event(1))
+            assert await reader.take(1) == [(1, event(1))]
+            lose(admin, job_id, event(2), DONE)
+            assert await reader.rest() == [(2, event(2)), (3, DONE)]
+        finally:
+            await reader.close()
+
+    run(scenario)
