@@ -7,13 +7,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# constraints.txt: the versions the tests ran against (make and CI install from it too).
+COPY pyproject.toml README.md constraints.txt ./
 COPY factory ./factory
 COPY gateway ./gateway
 COPY worker ./worker
 COPY factory_cli ./factory_cli
 COPY factory_client ./factory_client
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[prefabs]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt '.[prefabs]'
 
 # --- run
 FROM python:3.11-slim
@@ -22,7 +23,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-RUN pip install --no-index --find-links /wheels 'prefab-factory[prefabs]' && rm -rf /wheels
+COPY --from=build /src/constraints.txt /tmp/constraints.txt
+RUN pip install --no-index --find-links /wheels -c /tmp/constraints.txt 'prefab-factory[prefabs]' \
+    && rm -rf /wheels /tmp/constraints.txt
 
 RUN useradd --create-home --uid 10001 factory \
     && mkdir -p /data /app \

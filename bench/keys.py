@@ -1,6 +1,6 @@
-"""Redis names used by the bench's own baselines (the factory's come from ``factory.keys``).
+"""Redis names used by the bench's own baselines (the factory's come from ``factory.store.keys``).
 
-Kept in one place for the same reason as ``factory/keys.py``: no key literal elsewhere.
+Kept in one place for the same reason as ``factory/store/keys.py``: no key literal elsewhere.
 """
 
 NAMESPACE = "bench"

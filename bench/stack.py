@@ -15,7 +15,7 @@ from bench.calls import events_path, host_port, invoke
 from bench.context import Context
 from bench.procs import Proc, tree_cpu_s
 from bench.sse_client import read_stream
-from factory import keys
+from factory.store import keys
 
 
 def _client_cpu_s() -> float:

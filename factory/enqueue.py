@@ -6,20 +6,16 @@ imports worker code. Each enqueue also rings the queue's doorbell, which wakes t
 blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up hint only.
 """
 
-import functools
-
 import redis
 import redis.asyncio as aioredis
 from redis.client import Pipeline
-from rq import Queue
-from rq.serializers import JSONSerializer
 
-from factory import keys
 from factory.errors import ServiceUnavailable
 from factory.jobs import InvocationRequest, JobRecord
 from factory.retention import note_recent
 from factory.rqtask import TASK
 from factory.settings import Settings
+from factory.store import keys, rqview
 
 # RQ's own deadline is a backstop behind the worker's: the worker kills a horse past it.
 RQ_TIMEOUT_MARGIN_S = 30
@@ -27,20 +23,11 @@ DOORBELL_LENGTH = 64
 DOORBELL_TTL_S = 60
 
 
-def queue_for(settings: Settings, request: InvocationRequest, client: redis.Redis) -> Queue:
-    """The RQ queue of the request: its prefab's, or the deployments' for a build."""
+def queue_for(settings: Settings, request: InvocationRequest) -> str:
+    """The name of the request's RQ queue: its prefab's, or the deployments' for a build."""
     if request.kind == "deploy":
-        name = keys.deploy_queue_name(settings.queue_name)
-    else:
-        name = keys.prefab_queue_name(settings.queue_name, request.prefab_id)
-    return _queue(client, name)
-
-
-@functools.lru_cache(maxsize=4096)
-def _queue(client: redis.Redis, name: str) -> Queue:
-    """One ``Queue`` per client and name: RQ asks the server's version (an ``INFO`` round trip) once
-    per ``Queue`` object, on its first enqueue."""
-    return Queue(name, connection=client, serializer=JSONSerializer)
+        return keys.deploy_queue_name(settings.queue_name)
+    return keys.prefab_queue_name(settings.queue_name, request.prefab_id)
 
 
 def _writes(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> Pipeline:
@@ -49,22 +36,23 @@ def _writes(client: redis.Redis, settings: Settings, record: JobRecord, request:
     RQ writes its own job hash and queue entry (``enqueue_call`` on the pipeline), so the layout is
     always the installed RQ's; nothing is sent until the pipeline executes.
     """
-    queue = queue_for(settings, request, client)
-    doorbell = keys.doorbell_key(queue.name)
+    queue = queue_for(settings, request)
+    doorbell = keys.doorbell_key(queue)
     pipe = client.pipeline()
     pipe.multi()
     pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
     if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
         note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
-    queue.enqueue_call(
+    rqview.add_job_on(
+        pipe,
+        client,
+        queue,
+        request.job_id,
         TASK,
-        args=[request.model_dump(mode="json")],
-        job_id=request.job_id,
-        timeout=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
-        result_ttl=settings.retention_s,
-        failure_ttl=settings.retention_s,
+        [request.model_dump(mode="json")],
+        timeout_s=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
+        ttl_s=settings.retention_s,
         description=f"{request.prefab_id}.{request.function_name}",
-        pipeline=pipe,
     )
     pipe.rpush(doorbell, 1)
     pipe.ltrim(doorbell, -DOORBELL_LENGTH, -1)
@@ -79,7 +67,7 @@ def _check_room(settings: Settings, waiting: int) -> None:
 
 def enqueue(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> None:
     """Create the job: record, recent list, RQ job, doorbell; 503 when its queue is full."""
-    _check_room(settings, queue_for(settings, request, client).count)
+    _check_room(settings, rqview.queue_length(client, queue_for(settings, request)))
     with _writes(client, settings, record, request) as pipe:
         pipe.execute()
 
@@ -89,8 +77,7 @@ async def enqueue_async(
 ) -> None:
     """:func:`enqueue` on the event loop: the same writes (made with ``recorder``, a sync client that
     sends nothing here), sent through ``client`` with no thread hop."""
-    queue = queue_for(settings, request, recorder)
-    _check_room(settings, await client.llen(queue.key))
+    _check_room(settings, await client.llen(keys.rq_queue_key(queue_for(settings, request))))
     with _writes(recorder, settings, record, request) as writes:
         async with client.pipeline(transaction=True) as pipe:
             for args, options in writes.command_stack:

@@ -1,6 +1,6 @@
 """Job statistics kept in Redis: outcomes, durations and time to first event, by prefab, function and version.
 
-They are counted inside the atomic append script (``factory.eventlog``), in the very step that
+They are counted inside the atomic append script (``factory.store.eventlog``), in the very step that
 writes a job's first event or its terminal one, so each job is counted once, whichever process
 ended it (worker, gateway cancel, lost-job reaper), and the counts survive every process restart:
 any gateway serves the same figures. Histograms are kept as one counter per bucket (not
@@ -136,7 +136,7 @@ def _decoded(raw: Mapping[bytes, bytes]) -> list[tuple[list[str], bytes]]:
 
 
 def outcomes(raw: Mapping[bytes, bytes]) -> list[OutcomeCount]:
-    """The outcome counters of :func:`factory.keys.stats_outcomes_key`'s hash, sorted."""
+    """The outcome counters of :func:`factory.store.keys.stats_outcomes_key`'s hash, sorted."""
     found = [
         OutcomeCount(_labels(parts), parts[3], parts[4], int(value))
         for parts, value in _decoded(raw)

@@ -18,8 +18,8 @@ import orjson
 import redis
 from pydantic import BaseModel, Field, ValidationError
 
-from factory import keys
 from factory.isolation import Isolation
+from factory.store import keys
 
 
 class WorkerPresence(BaseModel):

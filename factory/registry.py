@@ -14,7 +14,6 @@ from pathlib import Path
 
 import redis
 
-from factory import keys
 from factory.catalog import Catalog, PrefabEntry
 from factory.deployments import (
     Deployment,
@@ -30,6 +29,7 @@ from factory.errors import NotFound
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
 from factory.manifest import Manifest
 from factory.settings import Settings
+from factory.store import keys
 from factory.wheels import locked_requirements
 
 logger = logging.getLogger(__name__)

@@ -2,11 +2,11 @@
 that outlived their job or upload are removed.
 
 Keys: the job's record, log and files hash get their TTL from the terminal append
-(``factory.eventlog``). RQ's job hash gets one from whoever ends the job: the worker when it
-releases a job it ran, :func:`end_rq_job` when a gateway cancels it or a reaper settles a lost
-one (RQ's own cancel would leave an entry in its canceled registry with no expiry, so the job is
-taken off RQ's queue here instead). ``factory:recent`` is trimmed by time and given a TTL in the
-same transaction as every write (:func:`note_recent`), so it never outgrows the retention.
+(``factory.store.eventlog``). RQ's view of the job (its hash and registry entries) gets one from
+whoever ends the job: the worker when it releases a job it ran, the gateway's cancel or a settle of
+a lost execution otherwise (``factory.store.rqview``). ``factory:recent`` is trimmed by time and
+given a TTL in the same transaction as every write (:func:`note_recent`), so it never outgrows the
+retention.
 
 A job's outputs are kept while its record is (the record expires ``retention_s`` after the
 terminal event), an upload while its record is (``retention_s`` after the upload). The sweep
@@ -28,15 +28,11 @@ from pathlib import Path
 import orjson
 import redis
 from redis.client import Pipeline
-from rq import Queue
-from rq.job import Job
-from rq.job import JobStatus as RQStatus
-from rq.utils import now, utcformat
 
-from factory import keys
 from factory.filerefs import OUTPUTS_PREFIX, UPLOADS_PREFIX, is_hex_id
 from factory.jobs import JobStatus
 from factory.storage import Storage
+from factory.store import fields, keys
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +41,6 @@ WORKSPACE_GRACE_S = 10.0
 # A work horse's spare workspace is ``.spare-<pid>`` (``worker.workspace.spare_workspace``).
 SPARE_PREFIX = ".spare-"
 
-# Ends RQ's hash of a job the factory has ended: status and end time, then the retention's TTL.
-# KEYS: RQ queue, RQ job hash. ARGV: job id, RQ status, ended_at, retention (s).
-# KEYS: RQ's job hash. ARGV: job id, status, end time, retention, RQ's queue key prefix. The job's
-# queue is the one its hash names (``origin``: its prefab's, or the deployments').
-_END_RQ_JOB_LUA = """
-local origin = redis.call('HGET', KEYS[1], 'origin')
-if not origin then return 0 end
-redis.call('LREM', ARGV[5] .. origin, 0, ARGV[1])
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'ended_at', ARGV[3])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-return 1
-"""
-
 
 def note_recent(pipe: Pipeline, job_id: str, created_ms: int, retention_s: int) -> None:
     """Queue on ``pipe`` the job's entry in the recent list, dropping entries older than the retention."""
@@ -65,13 +48,6 @@ def note_recent(pipe: Pipeline, job_id: str, created_ms: int, retention_s: int) 
     pipe.zadd(key, {job_id: created_ms})
     pipe.zremrangebyscore(key, "-inf", created_ms - retention_s * 1000)
     pipe.expire(key, retention_s)
-
-
-def end_rq_job(client: redis.Redis, job_id: str, status: RQStatus, retention_s: int) -> bool:
-    """Take the job off its RQ queue and let RQ's hash of it expire after the retention; False if RQ had none."""
-    script = client.register_script(_END_RQ_JOB_LUA)
-    args = [job_id, status.value, utcformat(now()), retention_s, Queue.redis_queue_namespace_prefix]
-    return bool(script(keys=[Job.key_for(job_id)], args=args))
 
 
 def _without_record(client: redis.Redis, ids: list[str], record_key: Callable[[str], str]) -> list[str]:
@@ -96,7 +72,7 @@ def sweep_storage(storage: Storage, client: redis.Redis) -> int:
 
 
 def _job_running(client: redis.Redis, job_id: str) -> bool:
-    raw = client.hget(keys.job_key(job_id), "status")
+    raw = client.hget(keys.job_key(job_id), fields.STATUS)
     if raw is None:
         return False
     return not JobStatus(orjson.loads(raw)).is_final

@@ -16,12 +16,12 @@ from contextlib import suppress
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from factory import keys
 from factory.deployed import DeployedCatalog, Target
 from factory.deployments import Deployment, parse_catalog
 from factory.errors import NoWorker, PrefabNotFound
 from factory.jobs import now_ms
 from factory.presence import WorkerPresence, parse_presence
+from factory.store import keys
 
 logger = logging.getLogger(__name__)
 

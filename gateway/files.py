@@ -18,12 +18,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
-from factory import keys
 from factory.errors import NotFound, ServiceUnavailable
 from factory.filerefs import UploadRecord, content_type_for, is_hex_id, sanitize_name, upload_location
 from factory.jobs import StoredFile, new_file_id, now_ms
 from factory.settings import Settings
 from factory.storage import ObjectMissing, Storage, StorageError
+from factory.store import keys
 from gateway.multipart import SpooledUpload, receive_upload
 
 logger = logging.getLogger(__name__)

@@ -12,17 +12,16 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from rq.job import JobStatus as RQStatus
 
-from factory import keys
 from factory.deployed import Target
 from factory.enqueue import enqueue_async
 from factory.errors import JobNotFound
-from factory.eventlog import APPEND_LUA, Outcome, append_keys, parse_append, terminal_error_args
 from factory.events import CANCELED
 from factory.jobs import InvocationRequest, JobRecord, JobStatus, new_job_id, now_ms
-from factory.retention import end_rq_job
 from factory.settings import Settings
+from factory.store import keys, rqview
+from factory.store.eventlog import Outcome, append_keys, parse_append, terminal_error_args
+from factory.store.scripts import APPEND_LUA
 from factory.validation import validate_file_groups, validate_inputs
 from gateway.catalog import CatalogView
 
@@ -163,9 +162,9 @@ class JobService:
         return record
 
     def _unqueue(self, job_id: str) -> None:
-        """Take a canceled job off the RQ queue if it is still there, and let RQ's hash of it expire.
+        """End RQ's view of a canceled job: off its queue if still there, canceled, expiring after the retention.
 
         A running job needs nothing more: its worker sees the terminal event and stops the horse
         within a second; one taken off the queue meanwhile is refused when claimed.
         """
-        end_rq_job(self.sync_client, job_id, RQStatus.CANCELED, self.settings.retention_s)
+        rqview.end_job(self.sync_client, job_id, rqview.RQStatus.CANCELED, self.settings.retention_s)

@@ -37,8 +37,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from factory import keys
 from factory.events import TERMINAL_TYPES, split_batch
+from factory.store import keys
 from gateway.relay_hub import RelayHub, Subscriber
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from factory import keys
+from factory.store import keys
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
-from rq import Queue
 
-from factory import jobstats, keys
+from factory import jobstats
 from factory.jobs import now_ms
 from factory.jobstats import Histogram, OutcomeCount
 from factory.presence import parse_presence
 from factory.settings import Settings
+from factory.store import keys
 
 
 class OutcomeStat(BaseModel):
@@ -100,8 +100,8 @@ def _worker(raw: bytes | None) -> WorkerStat | None:
 
 async def _queues(client: aioredis.Redis, settings: Settings, now: int) -> list[QueueStat]:
     """Every RQ queue known to Redis (and the deployments' one): depth and the age of its oldest job."""
-    known: set[bytes | str] = await client.smembers(Queue.redis_queues_keys)
-    prefix = Queue.redis_queue_namespace_prefix
+    known: set[bytes | str] = await client.smembers(keys.rq_queues_key())
+    prefix = keys.RQ_QUEUE_PREFIX
     decoded = {key.decode() if isinstance(key, bytes) else key for key in known}
     names = sorted({key.removeprefix(prefix) for key in decoded} | {keys.deploy_queue_name(settings.queue_name)})
     async with client.pipeline(transaction=False) as pipe:

@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from factory import keys
 from factory.jobs import JobRecord
+from factory.store import keys
 from gateway.deps import GatewayState
 from gateway.relay import KEEPALIVE, EventStream, ReaderLimits
 

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import orjson
 import redis
 
-from factory import keys
 from factory.jobs import JobRecord, JobStatus, new_job_id, now_ms
+from factory.store import keys
 
 # Long enough for any slow machine; the block always ends with CLIENT UNPAUSE well before.
 PAUSE_MS = 60_000

@@ -26,7 +26,7 @@ import httpx
 import psutil
 import redis
 
-from factory import keys
+from factory.store import keys
 from factory_cli.embedded_redis import EmbeddedRedis, free_port
 from tests.stack import Gateway, Proc, Stack, invoke
 

@@ -17,19 +17,12 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from factory import keys, reaper
-from factory.eventlog import (
-    APPEND_LUA,
-    Outcome,
-    append_args,
-    append_keys,
-    parse_append,
-    retry_args,
-    terminal_error_args,
-)
 from factory.events import CANCELED, WORKER_LOST
 from factory.jobs import JobRecord, JobStatus, new_job_id, now_ms
 from factory.settings import Settings
+from factory.store import executions, keys
+from factory.store.eventlog import Outcome, append_args, append_keys, parse_append, retry_args, terminal_error_args
+from factory.store.scripts import APPEND_LUA
 from factory_cli.processes import descendants
 from tests.stack import (
     Gateway,
@@ -190,7 +183,7 @@ def test_the_worker_loads_its_scripts_again_when_redis_lost_them(make_stack: Sta
 # is read from the job's record, so a cancel lands however the subscription and the cancel interleave.
 
 
-def _claimed_job(client: redis.Redis) -> reaper.Claim:
+def _claimed_job(client: redis.Redis) -> executions.Claim:
     """A job claimed by an execution, as a worker's take step leaves it."""
     job_id = new_job_id()
     record = JobRecord(
@@ -198,7 +191,7 @@ def _claimed_job(client: redis.Redis) -> reaper.Claim:
     )
     client.hset(keys.job_key(job_id), mapping=record.to_hash())  # type: ignore[arg-type]
     client.expire(keys.job_key(job_id), 60)
-    claim = reaper.claim(client, job_id, max_attempts=2, lost_after_s=60)
+    claim = executions.claim(client, job_id, max_attempts=2, lost_after_s=60)
     assert claim is not None
     return claim
 

@@ -7,12 +7,14 @@ from rq import Queue
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from factory import keys, reaper
-from factory.eventlog import APPEND_LUA, Outcome, append_args, append_keys, parse_append
+from factory import reaper
 from factory.events import WORKER_LOST
 from factory.jobs import JobRecord, JobStatus
 from factory.registry import register_folders
 from factory.settings import Settings
+from factory.store import executions, keys
+from factory.store.eventlog import Outcome, append_args, append_keys, parse_append
+from factory.store.scripts import APPEND_LUA
 from tests.stack import enqueue_call
 from worker.rqjobs import RQJobs
 
@@ -55,8 +57,8 @@ def _log(client: redis.Redis, job_id: str) -> list[dict[str, object]]:
 
 def test_a_superseded_execution_cannot_write(client: redis.Redis, settings: Settings) -> None:
     job_id = _new_job(client, settings)
-    first = reaper.claim(client, job_id, 1, lost_after_s=30)
-    second = reaper.claim(client, job_id, 1, lost_after_s=30)
+    first = executions.claim(client, job_id, 1, lost_after_s=30)
+    second = executions.claim(client, job_id, 1, lost_after_s=30)
     assert first is not None and second is not None and first.attempt == second.attempt == 1
     assert _append(client, job_id, first.token) is Outcome.SUPERSEDED
     assert _append(client, job_id, second.token) is Outcome.APPENDED
@@ -65,24 +67,24 @@ def test_a_superseded_execution_cannot_write(client: redis.Redis, settings: Sett
 
 def test_settling_a_lost_execution_is_idempotent(client: redis.Redis, settings: Settings) -> None:
     job_id = _new_job(client, settings)
-    claim = reaper.claim(client, job_id, 1, lost_after_s=30)
+    claim = executions.claim(client, job_id, 1, lost_after_s=30)
     assert claim is not None
-    assert reaper.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is reaper.Settled.FAILED
-    assert reaper.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is reaper.Settled.ENDED
+    assert executions.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is executions.Settled.FAILED
+    assert executions.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is executions.Settled.ENDED
     assert [e["error_code"] for e in _log(client, job_id)] == [WORKER_LOST]
     record = _record(client, job_id)
     assert record.status is JobStatus.FAILED and record.error is not None and record.error.code == WORKER_LOST
-    assert reaper.claim(client, job_id, 1, lost_after_s=30) is None  # an ended job is never claimed again
+    assert executions.claim(client, job_id, 1, lost_after_s=30) is None  # an ended job is never claimed again
 
 
 def test_a_lost_execution_with_attempts_left_is_requeued(client: redis.Redis, settings: Settings) -> None:
     job_id = _new_job(client, settings, retries=1)
     queue = _queue(client, settings)
     assert queue.pop_job_id() == job_id  # a worker took it
-    claim = reaper.claim(client, job_id, 2, lost_after_s=30)
+    claim = executions.claim(client, job_id, 2, lost_after_s=30)
     assert claim is not None
-    assert reaper.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is reaper.Settled.RETRIED
-    assert reaper.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is reaper.Settled.REQUEUED
+    assert executions.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is executions.Settled.RETRIED
+    assert executions.settle(client, settings, job_id, claim.token, WORKER_LOST, "gone") is executions.Settled.REQUEUED
     assert queue.get_job_ids() == [job_id]  # once, however often it is settled
     assert queue.fetch_job(job_id).get_status() == RQStatus.QUEUED  # type: ignore[union-attr]
     (retry,) = _log(client, job_id)
@@ -95,15 +97,15 @@ def test_a_lost_execution_with_attempts_left_is_requeued(client: redis.Redis, se
     record = _record(client, job_id)
     assert record.status is JobStatus.QUEUED and record.attempt == 2
     assert _append(client, job_id, claim.token) is Outcome.SUPERSEDED
-    again = reaper.claim(client, job_id, 2, lost_after_s=30)
+    again = executions.claim(client, job_id, 2, lost_after_s=30)
     assert again is not None and again.attempt == 2
 
 
 def test_the_reaper_settles_only_lapsed_heartbeats(client: redis.Redis, settings: Settings) -> None:
     settings = settings.model_copy(update={"worker_lost_after_s": 0.0, "worker_heartbeat_s": 0.05})
     lapsed_job, live_job = _new_job(client, settings), _new_job(client, settings)
-    lapsed = reaper.claim(client, lapsed_job, 1, lost_after_s=-1)
-    live = reaper.claim(client, live_job, 1, lost_after_s=60)
+    lapsed = executions.claim(client, lapsed_job, 1, lost_after_s=-1)
+    live = executions.claim(client, live_job, 1, lost_after_s=60)
     assert lapsed is not None and live is not None
     assert reaper.reap_once(client, settings, "test") == 1
     assert _record(client, lapsed_job).status is JobStatus.FAILED

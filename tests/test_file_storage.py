@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from factory import keys
 from factory.errors import ValidationFailed
 from factory.filerefs import UploadRecord, parse_ref, sanitize_name, unique_name
 from factory.jobs import JobRecord, JobStatus
 from factory.manifest import load_manifest
 from factory.retention import sweep_storage, sweep_workspaces
 from factory.storage import LocalStorage, check_key
+from factory.store import keys
 from factory.validation import validate_file_groups
 
 

@@ -24,6 +24,10 @@ CONSTANT_KEYS = {
 }
 
 
+# RQ's view of the jobs and workers (``factory.store.rqview``): none of these is kept without an end.
+RQ_VIEW = (b"rq:wip:", b"rq:finished:", b"rq:failed:", b"rq:canceled:", b"rq:worker:", b"rq:workers")
+
+
 def gateway_cancel(url: str, job_id: str) -> str:
     return str(httpx.post(f"{url}/jobs/{job_id}/cancel", timeout=10).json()["status"])
 
@@ -65,9 +69,10 @@ def test_every_job_key_expires_on_every_path(make_stack: Stack, tmp_path: Path) 
     assert gateway_cancel(gateway.url, running) == "canceled"
     jobs += [finished, failed, horse_lost, retried, running]
 
-    # Every key of every job has a TTL, and so has the recent list.
+    # Every key of every job has a TTL, and so have the recent list and RQ's view of the jobs and
+    # workers: its registries (a started one is deleted once empty) and its worker records and sets.
     def of_jobs(key: bytes) -> bool:
-        return key == b"factory:recent" or any(job_id.encode() in key for job_id in jobs)
+        return key == b"factory:recent" or key.startswith(RQ_VIEW) or any(job_id.encode() in key for job_id in jobs)
 
     deadline = time.monotonic() + 30  # a canceled job's worker closes RQ's hash moments after the cancel
     while True:
@@ -77,6 +82,8 @@ def test_every_job_key_expires_on_every_path(make_stack: Stack, tmp_path: Path) 
         assert time.monotonic() < deadline, f"keys without a TTL: {sorted(lacking)}"
         time.sleep(0.2)
     assert any(of_jobs(key) for key in keys_with_ttl(client))
+    shown = {key.split(b":")[1] for key in keys_with_ttl(client) if key.startswith(RQ_VIEW)}
+    assert shown == {b"finished", b"failed", b"canceled", b"worker", b"workers"}, shown
 
     # Once the retention passed (and the workers left), what is left is what was there before.
     for proc in make_stack.procs:

@@ -13,10 +13,10 @@ import orjson
 import pytest
 import redis
 
-from factory import keys, reaper
-from factory.eventlog import Outcome
 from factory.events import EVENT_LIMIT, TERMINAL_TYPES, split_batch
 from factory.jobs import JobStatus, now_ms, terminal_fields
+from factory.store import executions, keys
+from factory.store.eventlog import Outcome
 from tests.job_log_kit import (
     event,
     held_writes,
@@ -70,7 +70,10 @@ class Channel:
 
 
 def publisher(client: redis.Redis, job_id: str, max_events: int = 0) -> EventPublisher:
-    return EventPublisher(client, job_id, max_events=max_events, retention_s=600, redis_outage_s=10)
+    """The publisher of an execution of the job (every write of one carries its token)."""
+    claim = executions.claim(client, job_id, 1, lost_after_s=600)
+    assert claim is not None
+    return EventPublisher(client, job_id, max_events=max_events, retention_s=600, redis_outage_s=10, token=claim.token)
 
 
 def done_fields() -> dict[str, bytes]:
@@ -184,8 +187,8 @@ def test_publish_only_queues_while_a_write_waits_on_redis(client: redis.Redis, a
 def test_a_superseded_execution_stops_publishing_and_writes_nothing(client: redis.Redis, admin: redis.Redis) -> None:
     """Once the job belongs to another execution, the publisher's first write is refused and it closes."""
     job_id = new_job(admin)
-    first = reaper.claim(admin, job_id, 1, lost_after_s=30)
-    second = reaper.claim(admin, job_id, 1, lost_after_s=30)  # the first was declared lost meanwhile
+    first = executions.claim(admin, job_id, 1, lost_after_s=30)
+    second = executions.claim(admin, job_id, 1, lost_after_s=30)  # the first was declared lost meanwhile
     assert first is not None and second is not None
     events = EventPublisher(client, job_id, max_events=0, retention_s=600, redis_outage_s=10, token=first.token)
     events.publish(event(1))

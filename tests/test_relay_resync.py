@@ -17,8 +17,9 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from factory import keys
-from factory.eventlog import APPEND_LUA, append_args, append_keys
+from factory.store import keys
+from factory.store.eventlog import append_args, append_keys
+from factory.store.scripts import APPEND_LUA
 from gateway.relay import FIRST_PAGE, EventStream, ReaderLimits
 from gateway.relay_hub import RelayHub, Subscriber
 from tests.job_log_kit import event, log_of, log_reads, new_job

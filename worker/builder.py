@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 import redis
 
-from factory import keys
 from factory.deployments import Deployment, DeploymentState, encode
 from factory.settings import Settings
 from factory.source_check import FunctionShape, function_problems
+from factory.store import keys
 from factory.webhooks import WebhookSender
 from worker.provision import Provisioner, ProvisionError
 from worker.runners import RunnerFailed, RunnerGone

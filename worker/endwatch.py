@@ -2,7 +2,7 @@
 the job's next attempt, by someone else (a cancel at a gateway, a reaper).
 
 Every end of a stream is published on the job's channel by the very step that writes it
-(``factory.eventlog``'s atomic append): the terminal event, or the ``retry`` event that hands the
+(``factory.store.eventlog``'s atomic append): the terminal event, or the ``retry`` event that hands the
 job to its next attempt. The watch subscribes to the running job's channel on a connection of its
 own, and its file descriptor wakes the worker's wait for the horse (``worker.engine``).
 
@@ -22,13 +22,13 @@ import orjson
 import redis
 from redis.client import PubSub
 
-from factory import keys, reaper
 from factory.connections import RETRYABLE
 from factory.events import is_terminal
+from factory.store import executions, keys
 
 logger = logging.getLogger(__name__)
 
-RETRY_TYPE = "retry"  # the event that hands a job to its next attempt (``factory.eventlog.retry_event``)
+RETRY_TYPE = "retry"  # the event that hands a job to its next attempt (``factory.store.eventlog.retry_event``)
 
 
 def queue_read_of_record(pipe: redis.Redis, job_id: str) -> None:
@@ -36,7 +36,7 @@ def queue_read_of_record(pipe: redis.Redis, job_id: str) -> None:
     pipe.hmget(keys.job_key(job_id), ["terminal", "execution"])
 
 
-def left_execution(reply: list[bytes | None], claim: reaper.Claim) -> bool:
+def left_execution(reply: list[bytes | None], claim: executions.Claim) -> bool:
     """Whether the job's record (``reply`` to :func:`queue_read_of_record`) says the job left execution
     ``claim``: its stream ended, or it belongs to another execution (or to nobody: it no longer exists)."""
     terminal, execution = reply
@@ -58,13 +58,13 @@ class EndWatch:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._pubsub: PubSub = client.pubsub()  # type: ignore[no-untyped-call]
-        self._claim: reaper.Claim | None = None
+        self._claim: executions.Claim | None = None
         self._channel = b""
         self._broken = False
         self.subscribed = False  # the subscription to the running job's channel is confirmed
         self.left = False  # the running job left this execution (read from its record)
 
-    def follow(self, claim: reaper.Claim) -> None:
+    def follow(self, claim: executions.Claim) -> None:
         """Subscribe to the channel of the job ``claim`` runs; the confirmation comes through :meth:`poll`."""
         self._claim, self.left, self.subscribed = claim, False, False
         self._channel = keys.events_channel(claim.job_id).encode()
@@ -134,7 +134,7 @@ class EndWatch:
         except RETRYABLE:
             pass  # the connection is closed either way
 
-    def _read_record(self, claim: reaper.Claim) -> bool:
+    def _read_record(self, claim: executions.Claim) -> bool:
         with self.client.pipeline(transaction=False) as pipe:
             queue_read_of_record(pipe, claim.job_id)
             reply: list[bytes | None] = pipe.execute()[0]

@@ -14,7 +14,7 @@ each job goes through three steps:
    deadline comes from ``worker.deadlines``. The run ends with one ``worker.outcomes.RunOutcome``,
    reported by the horse or found by the worker (the horse died, or was killed);
 2. **settle** (:meth:`Engine._settle`): when that outcome leaves the job open (or asks for a retry),
-   ``factory.reaper.settle`` puts it back on the queue, retries it when it has attempts left, or ends
+   ``factory.executions.settle`` puts it back on the queue, retries it when it has attempts left, or ends
    it with the error the outcome names (``WORKER_LOST``, ``WORKER_SHUTDOWN``, ``TIMEOUT``);
 3. **release and take next** (:meth:`Engine._release_and_take_next`): one round trip drops the
    execution's heartbeat (recording the job's end in RQ's hash) and takes the next job of the
@@ -48,13 +48,14 @@ from types import FrameType
 
 import redis
 from redis.exceptions import NoScriptError
-from rq.job import JobStatus as RQStatus
 
 from factory import reaper
 from factory.connections import RETRYABLE
 from factory.events import SHUTDOWN, TIMEOUT, UNEXPECTED_ERROR, WORKER_LOST
 from factory.jobs import InvocationRequest
 from factory.settings import Settings
+from factory.store import executions
+from factory.store.rqview import RQStatus
 from worker import deadlines
 from worker.deadlines import Deadlines
 from worker.endwatch import EndWatch, left_execution, queue_read_of_record
@@ -78,7 +79,7 @@ class _Job:
     """A job taken and claimed, ready for a horse."""
 
     request: InvocationRequest
-    claim: reaper.Claim
+    claim: executions.Claim
     deadlines: Deadlines
 
 
@@ -244,13 +245,13 @@ class Engine:
             return RunOutcome.KILLED_ENDED_ELSEWHERE
         return None
 
-    def _beat(self, claim: reaper.Claim) -> bool:
+    def _beat(self, claim: executions.Claim) -> bool:
         """Refresh the execution's heartbeat and read the job's record, in one round trip (the safety
         net under the watch); whether the job left this execution."""
         left = False
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                reaper.refresh(pipe, claim, self.settings.worker_lost_after_s)
+                executions.refresh(pipe, claim, self.settings.worker_lost_after_s)
                 queue_read_of_record(pipe, claim.job_id)
                 left = left_execution(pipe.execute()[-1], claim)
         except RETRYABLE as exc:
@@ -271,12 +272,12 @@ class Engine:
         settled = self.steps.retrying(
             "settle the job", lambda: self._settle_as(claim, code, message, outcome.may_retry), claim.job_id
         )
-        if settled not in (reaper.Settled.ENDED, reaper.Settled.REQUEUED):
+        if settled not in (executions.Settled.ENDED, executions.Settled.REQUEUED):
             logger.warning("execution ended: %s (%s)", settled.value, message, extra={"job_id": claim.job_id})
-        return settled in (reaper.Settled.ENDED, reaper.Settled.FAILED)
+        return settled in (executions.Settled.ENDED, executions.Settled.FAILED)
 
-    def _settle_as(self, claim: reaper.Claim, code: str, message: str, retry: bool) -> reaper.Settled:
-        return reaper.settle(self.client, self.settings, claim.job_id, claim.token, code, message, retry=retry)
+    def _settle_as(self, claim: executions.Claim, code: str, message: str, retry: bool) -> executions.Settled:
+        return executions.settle(self.client, self.settings, claim.job_id, claim.token, code, message, retry=retry)
 
     def _why(self, run: _Run) -> tuple[str, str]:
         """The error code and message that end the job if nothing closed its stream."""
@@ -298,7 +299,7 @@ class Engine:
 
     # 3. Release and take next
 
-    def _release_and_take_next(self, claim: reaper.Claim, ended: bool) -> _Job | None:
+    def _release_and_take_next(self, claim: executions.Claim, ended: bool) -> _Job | None:
         """Release the execution (its job's end recorded in RQ if it ``ended``) and take the next job,
         in one round trip; :class:`Unreachable` when Redis stayed away while the worker was stopping."""
         token = uuid.uuid4().hex
@@ -327,7 +328,7 @@ class Engine:
         self._take_delay_s = 0.0
         return self._accept(take, token)
 
-    def _step(self, ended: tuple[reaper.Claim, RQStatus | None] | None, token: str) -> Take | None:
+    def _step(self, ended: tuple[executions.Claim, RQStatus | None] | None, token: str) -> Take | None:
         """One round trip: release the execution that ``ended`` (if any), then take the queues' next job
         (none when stopping) for execution ``token``."""
         take = not self._signals
@@ -352,10 +353,10 @@ class Engine:
             return None
         job_id, runnable, outage_s = take.job_id, take.runnable, self.settings.redis_outage_s
         if take.attempt >= 1 and runnable is not None:
-            claim = reaper.Claim(job_id, token, take.attempt, runnable.request.retries + 1)
+            claim = executions.Claim(job_id, token, take.attempt, runnable.request.retries + 1)
             return _Job(runnable.request, claim, runnable.deadlines)
         if take.attempt >= 1:  # claimed, but there is nothing to run: the job ends here
-            claim = reaper.Claim(job_id, token, take.attempt, 1)
+            claim = executions.Claim(job_id, token, take.attempt, 1)
             message = "the job's request could not be read"
             self.steps.quietly(
                 "end the job", lambda: self._settle_as(claim, UNEXPECTED_ERROR, message, False), job_id, outage_s

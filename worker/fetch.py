@@ -14,10 +14,10 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import redis
 
-from factory import keys
 from factory.filerefs import FileRef, UploadRecord
 from factory.settings import Settings
 from factory.storage import ObjectMissing, ObjectTooLarge, S3Storage, Storage, StorageError, s3_client, s3_configured
+from factory.store import keys
 
 CHUNK_BYTES = 256 * 1024
 MAX_REDIRECTS = 5

@@ -3,7 +3,9 @@
 Before the function runs, each group of the call's ``files`` is materialised into
 ``data/inputs/<group>/`` under each file's own sanitised name (``name-2.ext`` when two files
 of a group share one). After it ends, every regular file under ``data/outputs/`` is stored and
-described in the job's files hash (``keys.files_key``), which the gateway serves from.
+described in the job's files hash (``keys.files_key``), which the gateway serves from. The
+record is written by RECORD_FILES (``factory.store.scripts``), fenced like every write of an
+execution: only the execution that owns the job records files, and only while the job is open.
 
 Safety: names never come from a caller unsanitised; a symlink or any other non-regular entry
 in ``data/outputs/`` fails the job (``OUTPUT_FILE_ERROR``) instead of being followed, and
@@ -19,7 +21,6 @@ from pathlib import Path
 import orjson
 import redis
 
-from factory import keys
 from factory.events import INPUT_FILE_ERROR, OUTPUT_FILE_ERROR
 from factory.filerefs import (
     OUTPUT_GROUP,
@@ -33,22 +34,14 @@ from factory.filerefs import (
 from factory.jobs import InvocationRequest, StoredFile
 from factory.settings import Settings
 from factory.storage import Storage, StorageError
+from factory.store import keys
+from factory.store.scripts import RECORD_FILES_LUA
 from worker.fetch import FetchFailed, InputFetcher, TooLarge
 from worker.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
 MAX_OUTPUT_FILES = 1000
-
-# Record the outputs only on a job that is still open: one that already ended (canceled while
-# its outputs were stored) keeps no files hash without an expiry.
-RECORD_FILES_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
-redis.call('HSET', KEYS[1], 'files', ARGV[1])
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
 
 
 class FileError(Exception):
@@ -120,8 +113,9 @@ class FileBridge:
             return f"the input files are larger than the limit of {self.settings.max_job_file_bytes} bytes per job"
         return f"the file is larger than the limit of {limit} bytes per file"
 
-    def store_outputs(self, request: InvocationRequest, workspace: Workspace) -> bytes | None:
-        """Store ``data/outputs/``; the encoded ``files`` event, or None when there are no outputs."""
+    def store_outputs(self, request: InvocationRequest, workspace: Workspace, token: str) -> bytes | None:
+        """Store ``data/outputs/`` and record them as execution ``token``'s; the encoded ``files`` event,
+        or None when there are none or the execution no longer owns the open job."""
         settings = self.settings
         try:
             outputs = collect_outputs(workspace.outputs, settings.max_file_bytes, settings.max_job_file_bytes)
@@ -142,12 +136,12 @@ class FileBridge:
             url = output_url(base_url, request.job_id, name)
             stored.append(StoredFile(name=name, url=url, size=size, content_type=content_type, location=location))
         files = {OUTPUT_GROUP: [item.url for item in stored]}
-        args: list[bytes | str] = [orjson.dumps(files)]
+        args: list[bytes | str] = [token, orjson.dumps(files)]
         for item in stored:
             args.extend((item.name, item.model_dump_json()))
         recorded = int(self._record(keys=[keys.job_key(request.job_id), keys.files_key(request.job_id)], args=args))
         if recorded != 1:
-            return None  # the job ended meanwhile: its stream is closed
+            return None  # the job ended meanwhile (its stream is closed) or passed to another execution
         return orjson.dumps({"type": "files", "data": files})
 
     def _put(self, location: str, path: Path, content_type: str) -> int:

@@ -30,10 +30,10 @@ from typing import NoReturn
 
 from pydantic import BaseModel
 
-from factory import reaper
 from factory.connections import RETRYABLE
 from factory.events import TIMEOUT
 from factory.jobs import InvocationRequest
+from factory.store import executions
 from worker.deadlines import Deadlines
 from worker.joblog import logged_run
 from worker.outcomes import RunOutcome
@@ -50,7 +50,7 @@ class HorseOrder(BaseModel):
     """Run this request under this claim, within these deadlines."""
 
     request: InvocationRequest
-    claim: reaper.Claim
+    claim: executions.Claim
     deadlines: Deadlines
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import redis
 
-from factory import keys
 from factory.jobs import InvocationRequest, JobRecord
 from factory.logs import job_context
+from factory.store import keys
 
 logger = logging.getLogger(__name__)
 

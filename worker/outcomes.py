@@ -3,16 +3,16 @@
 The work horse reports the first five members (``worker.runner`` finds them); the worker finds the
 others itself, when the horse died or had to be killed (``worker.engine``). Each member says what
 is left to do before the execution is released: whether the job still needs settling
-(``factory.reaper.settle``: it is requeued after a retry, or retried or ended with an error when
+(``factory.executions.settle``: it is requeued after a retry, or retried or ended with an error when
 nothing closed its stream), whether that may retry it, and whether the horse may run another job.
 
-The Redis side answers in its own terms (the append's ``factory.eventlog.Outcome``, the settle's
-``factory.reaper.Settled``); :meth:`RunOutcome.of_append` is the one place that reads an append's.
+The Redis side answers in its own terms (the append's ``factory.store.eventlog.Outcome``, the settle's
+``factory.executions.Settled``); :meth:`RunOutcome.of_append` is the one place that reads an append's.
 """
 
 from enum import StrEnum
 
-from factory.eventlog import Outcome as AppendOutcome
+from factory.store.eventlog import Outcome as AppendOutcome
 
 
 class RunOutcome(StrEnum):
@@ -55,7 +55,7 @@ class RunOutcome(StrEnum):
 
     @property
     def needs_settling(self) -> bool:
-        """Whether the job may be left neither ended nor queued, or must be requeued: ``factory.reaper.settle``."""
+        """Whether the job may be left neither ended nor queued, or must be requeued: ``factory.executions.settle``."""
         return self not in (RunOutcome.CLOSED, RunOutcome.SUPERSEDED)
 
     @property

@@ -3,7 +3,8 @@
 A daemon thread writes ``keys.worker_key(name)`` every heartbeat with a TTL of three heartbeats and
 scores the name in ``keys.workers_key()`` by when the record lapses, so any gateway can list the
 workers alive (and export their figures as metrics) without reaching the workers: a worker killed
-outright simply drops out once its record lapses. A clean stop deletes both at once.
+outright simply drops out once its record lapses. A clean stop deletes both at once. The same beat
+keeps the worker's record in RQ's view (``factory.store.rqview``), so ``rq info`` lists it too.
 
 The thread has its own Redis connection and touches nothing of the engine's; it is started before
 the first work horse is forked (a fork copies no thread), and a Redis outage only skips beats.
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import redis
 
-from factory import keys
 from factory.isolation import probe
 from factory.jobs import now_ms
 from factory.presence import WorkerPresence
 from factory.settings import Settings
+from factory.store import keys, rqview
 from worker.queues import ServedQueues
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Presence:
             with self.client.pipeline() as pipe:
                 pipe.delete(keys.worker_key(self.name))
                 pipe.zrem(keys.workers_key(), self.name)
+                rqview.worker_gone_on(pipe, self.name, self.served.names())
                 pipe.execute()
         except (redis.RedisError, OSError) as exc:
             logger.warning("could not remove the presence record of %s: %s", self.name, exc)
@@ -103,6 +105,15 @@ class Presence:
             pipe.zadd(keys.workers_key(), {self.name: now + lapse_s * 1000})
             pipe.zremrangebyscore(keys.workers_key(), "-inf", now)  # workers that lapsed
             pipe.expire(keys.workers_key(), max(1, round(lapse_s)))
+            rqview.worker_beat_on(
+                pipe,
+                self.name,
+                record.queues,
+                pid=record.pid,
+                hostname=record.host,
+                birth_ms=self.started_ms,
+                ttl_s=max(1, round(lapse_s)),
+            )
             pipe.execute()
 
     def _run(self) -> None:

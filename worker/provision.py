@@ -21,11 +21,11 @@ from typing import Any
 
 import redis
 
-from factory import keys
 from factory.deployments import Deployment, DeploymentSource
 from factory.isolation import Isolation, probe
 from factory.settings import Settings
 from factory.storage import Storage, StorageError
+from factory.store import keys
 from worker.environments import Environment, EnvironmentBuildError, Environments, environment_key, python_tag
 from worker.runners import RUNNER_PATH, Runner, RunnerPool, RunnerSpec
 from worker.sandbox import MountPlan, bwrap_prefix, deployment_uid, network_policy

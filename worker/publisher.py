@@ -2,7 +2,7 @@
 
 The function runs on the work horse's main thread and hands each encoded event to
 :meth:`EventPublisher.publish`; a background thread sends whatever has accumulated while its
-previous write was in flight as one atomic append (``factory.eventlog``). A slow generator
+previous write was in flight as one atomic append (``factory.store.eventlog``). A slow generator
 thus pays one round trip per event with no added latency, and a fast one gets batches of up to
 :data:`MAX_BATCH` events per round trip. The queue is bounded, so a stalled Redis slows the
 generator down instead of filling memory. The first event is written on the caller's thread,
@@ -18,7 +18,7 @@ the runner ends the job with ``REDIS_UNAVAILABLE`` once Redis is back.
 Every write carries the execution's token, so once the job belongs to another execution (this
 one was declared lost) the script refuses it and the publisher closes like after a terminal.
 The last batch of an execution either ends the job (terminal) or hands it to its next attempt
-(retry mode); see ``factory.eventlog``.
+(retry mode); see ``factory.store.eventlog``.
 """
 
 import logging
@@ -32,9 +32,10 @@ from dataclasses import dataclass
 import redis
 
 from factory.connections import RETRYABLE
-from factory.eventlog import APPEND_LUA, AppendResult, Mode, Outcome, append_args, append_keys, parse_append
 from factory.events import EVENT_LIMIT, ErrorInfo, error_event
 from factory.jobs import JobStatus, now_ms, terminal_fields
+from factory.store.eventlog import AppendResult, Mode, Outcome, append_args, append_keys, parse_append
+from factory.store.scripts import APPEND_LUA
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class EventPublisher:
         max_events: int,
         retention_s: int,
         redis_outage_s: float,
-        token: str = "",
+        token: str,
     ) -> None:
         self._script = client.register_script(APPEND_LUA)
         self._keys = append_keys(job_id)

@@ -9,15 +9,10 @@ each take, so a busy prefab cannot starve the others.
 """
 
 import redis
-from rq import Queue
 
-from factory import keys
 from factory.deployments import DeploymentState, parse_catalog
 from factory.settings import Settings
-
-
-def rq_queue_key(name: str) -> str:
-    return f"{Queue.redis_queue_namespace_prefix}{name}"
+from factory.store import keys
 
 
 class ServedQueues:
@@ -64,4 +59,4 @@ class ServedQueues:
         if prefab_queues:
             self._turn = (self._turn + 1) % len(prefab_queues)
             prefab_queues = prefab_queues[self._turn :] + prefab_queues[: self._turn]
-        return [rq_queue_key(self._deploy), *(rq_queue_key(name) for name in prefab_queues)]
+        return [keys.rq_queue_key(self._deploy), *(keys.rq_queue_key(name) for name in prefab_queues)]

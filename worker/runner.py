@@ -12,7 +12,7 @@ as it was after each run, so nothing a job set in it reaches the next job of the
 
 Retries: when the function raised (``UNEXPECTED_ERROR``) and the execution's attempt is not
 its last, the runner writes a ``retry`` event instead of the error and the worker puts the job
-back on the queue (``factory.reaper``); the stream goes on in the same log with the next
+back on the queue (``factory.store.executions``); the stream goes on in the same log with the next
 attempt's events. Timeouts, cancels, invalid events and missing secrets are never retried.
 
 If Redis stays away longer than ``redis_outage_s`` the function is stopped, and the job ends
@@ -27,20 +27,9 @@ from pathlib import Path
 import orjson
 import redis
 
-from factory import reaper, sealing
+from factory import sealing
 from factory.connections import RETRYABLE
 from factory.deployments import Deployment
-from factory.eventlog import (
-    APPEND_LUA,
-    AppendResult,
-    Mode,
-    Outcome,
-    append_keys,
-    parse_append,
-    retry_event,
-    retry_fields,
-    terminal_error_args,
-)
 from factory.events import (
     DEPLOYMENT_FAILED,
     INVALID_EVENT,
@@ -62,6 +51,18 @@ from factory.jobs import InvocationRequest, JobStatus, now_ms, terminal_fields
 from factory.logs import current_job_fields
 from factory.manifest import FunctionSpec
 from factory.settings import Settings
+from factory.store import executions
+from factory.store.eventlog import (
+    AppendResult,
+    Mode,
+    Outcome,
+    append_keys,
+    parse_append,
+    retry_event,
+    retry_fields,
+    terminal_error_args,
+)
+from factory.store.scripts import APPEND_LUA
 from worker import builder
 from worker.deadlines import Deadlines
 from worker.files import FileBridge, FileError
@@ -119,7 +120,7 @@ def _terminal_for(raw: bytes) -> dict[str, bytes]:
     return terminal_fields(status, now_ms(), None, ErrorInfo(code=event.error_code or "ERROR", message=message))
 
 
-def _will_retry(end: _End, claim: reaper.Claim) -> bool:
+def _will_retry(end: _End, claim: executions.Claim) -> bool:
     return end.retryable and claim.attempt < claim.max_attempts
 
 
@@ -129,7 +130,7 @@ def _error(code: str, message: str) -> _End:
 
 class InvocationRunner:
     def __init__(
-        self, runtime: WorkerRuntime, request: InvocationRequest, claim: reaper.Claim, deadlines: Deadlines
+        self, runtime: WorkerRuntime, request: InvocationRequest, claim: executions.Claim, deadlines: Deadlines
     ) -> None:
         self.runtime = runtime
         self.request = request
@@ -173,7 +174,7 @@ class InvocationRunner:
             return RunOutcome.RETRY_WRITTEN
         return RunOutcome.of_append(final.outcome)
 
-    def _finish(self, publisher: EventPublisher, claim: reaper.Claim, end: _End) -> None:
+    def _finish(self, publisher: EventPublisher, claim: executions.Claim, end: _End) -> None:
         """Write the last event: the terminal one, or ``retry`` when another attempt follows."""
         if not _will_retry(end, claim):
             publisher.finish(end.event, _terminal_for(end.event))
@@ -185,7 +186,7 @@ class InvocationRunner:
         publisher.finish(event, retry_fields(claim.token, claim.attempt + 1), Mode.RETRY)
         logger.warning("attempt %d of %d failed (%s); retrying", claim.attempt, claim.max_attempts, code)
 
-    def _end_unavailable(self, claim: reaper.Claim, last_seq: int) -> RunOutcome:
+    def _end_unavailable(self, claim: executions.Claim, last_seq: int) -> RunOutcome:
         """End the job with ``REDIS_UNAVAILABLE``, waiting as long as it takes for Redis to answer."""
         message = (
             f"Redis was unreachable for more than {self.runtime.settings.redis_outage_s:g} s, so the job was stopped; "
@@ -206,7 +207,7 @@ class InvocationRunner:
             logger.error("job stopped: Redis unreachable too long (append: %s)", result.outcome.name)
             return RunOutcome.of_append(result.outcome)
 
-    def _run_function(self, publisher: EventPublisher, claim: reaper.Claim) -> _End | None:
+    def _run_function(self, publisher: EventPublisher, claim: executions.Claim) -> _End | None:
         """Everything between "started" and the terminal event; returns how it ended (None: the log closed)."""
         if self.request.kind == "deploy":
             return self._build(publisher)
@@ -236,7 +237,7 @@ class InvocationRunner:
             return None
         if not _will_retry(terminal, claim):  # a failed attempt that runs again keeps no outputs
             try:
-                files_event = self.runtime.files.store_outputs(self.request, self.workspace)
+                files_event = self.runtime.files.store_outputs(self.request, self.workspace, claim.token)
             except FileError as exc:
                 return _error(exc.code, str(exc))
             if files_event is not None:

@@ -29,7 +29,6 @@ from urllib.parse import urlencode, urlsplit
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
-from factory import keys
 from factory.errors import NotFound, PayloadTooLarge, ServiceUnavailable, ValidationFailed
 from factory.filerefs import (
     UPLOAD_SCHEME,
@@ -42,6 +41,7 @@ from factory.filerefs import (
 )
 from factory.jobs import new_file_id, now_ms
 from factory.storage import ObjectMissing, S3Storage, StorageError
+from factory.store import keys
 from gateway.auth import Authenticator
 from gateway.files import FileService
 from gateway.multipart import SpooledUpload, receive_upload

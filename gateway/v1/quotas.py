@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import orjson
 import redis.asyncio as aioredis
 
-from factory import keys
 from factory.errors import QuotaExceeded
 from factory.jobs import JobStatus
 from factory.settings import Settings
+from factory.store import keys
 from gateway.auth import caller_id
 
 RATE_WINDOW_S = 60

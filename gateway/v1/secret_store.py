@@ -9,7 +9,7 @@ last secret is deleted: it is the caller's configuration, like an API key, not a
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet, InvalidToken
 
-from factory import keys
+from factory.store import keys
 
 
 class SecretStore:

@@ -1,7 +1,8 @@
 """Every Redis key, channel and queue name the factory uses, and nothing else.
 
 All keys of one job share the hash tag ``{<job id>}`` so a Redis Cluster would keep them on
-one slot (the atomic append script touches several of them at once).
+one slot (the atomic append script touches several of them at once). RQ's own keys, which the
+factory writes too (``factory.store.rqview``), come last: their layout is RQ's.
 """
 
 NAMESPACE = "factory"
@@ -133,3 +134,55 @@ def workers_key() -> str:
 def worker_key(name: str) -> str:
     """Hash describing one live worker process (what it serves, its process figures), with a short TTL."""
     return f"{NAMESPACE}:worker:{name}"
+
+
+# RQ's keys, as the factory's scripts build and read them: RQ's layout, which the factory does not
+# choose. ``tests/test_rq_contract.py`` fails when the installed RQ lays its keys out otherwise.
+
+RQ_JOB_PREFIX = "rq:job:"
+RQ_QUEUE_PREFIX = "rq:queue:"
+RQ_STARTED_PREFIX = "rq:wip:"  # StartedJobRegistry: members ``<job id>:<execution id>``
+RQ_FINISHED_PREFIX = "rq:finished:"
+RQ_FAILED_PREFIX = "rq:failed:"
+RQ_CANCELED_PREFIX = "rq:canceled:"
+RQ_WORKER_PREFIX = "rq:worker:"
+
+
+def rq_job_key(job_id: str) -> str:
+    """RQ's hash of a job: its call (``data``), timeout, status, times, origin queue."""
+    return f"{RQ_JOB_PREFIX}{job_id}"
+
+
+def rq_queue_key(name: str) -> str:
+    """RQ's list of the ids waiting on a queue."""
+    return f"{RQ_QUEUE_PREFIX}{name}"
+
+
+def rq_queues_key() -> str:
+    """RQ's set of every queue's key."""
+    return "rq:queues"
+
+
+def rq_registry_keys(name: str) -> tuple[str, str, str, str]:
+    """RQ's started, finished, failed and canceled registries of a queue (sorted sets)."""
+    return (
+        f"{RQ_STARTED_PREFIX}{name}",
+        f"{RQ_FINISHED_PREFIX}{name}",
+        f"{RQ_FAILED_PREFIX}{name}",
+        f"{RQ_CANCELED_PREFIX}{name}",
+    )
+
+
+def rq_worker_key(name: str) -> str:
+    """RQ's hash describing one worker (``rq info`` reads it), with a short TTL."""
+    return f"{RQ_WORKER_PREFIX}{name}"
+
+
+def rq_workers_key() -> str:
+    """RQ's set of every worker's key."""
+    return "rq:workers"
+
+
+def rq_queue_workers_key(queue_name: str) -> str:
+    """RQ's set of the keys of the workers serving one queue."""
+    return f"rq:workers:{queue_name}"

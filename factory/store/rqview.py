@@ -1,0 +1,212 @@
+"""RQ's view of the factory's jobs and workers; the one module that imports ``rq``.
+
+RQ is kept on purpose: jobs are real RQ jobs, created through RQ's own API (:func:`add_job_on`), so
+``rq info``, rq-dashboard and RQ's Python API see the queues, the jobs and their calls. No RQ worker
+runs them: the factory's worker takes and settles jobs in one round trip each (``worker.rqjobs``,
+``factory.store.scripts``), and keeps RQ's records true as it goes, which costs no round trip of its
+own: RQ's job hash says ``started`` while a horse runs the job and then the job's real end
+(``finished``, ``failed`` or ``canceled``) until it expires with the factory's retention; the
+execution sits in the queue's started registry while it runs and the job in the finished, failed or
+canceled registry after; each worker keeps RQ's worker hash (busy or idle, its queues, its counts)
+and its place in RQ's sets of workers fresh with its heartbeat (:func:`worker_beat_on`).
+
+That makes RQ's private layout part of the factory's contract: the key names in
+``factory.store.keys``, the hash fields in ``factory.store.fields``, and the decoding of a job's
+call here. ``tests/test_rq_contract.py`` fails when the installed RQ differs, and the dependency is
+pinned to the RQ release line those tests ran against.
+
+Every RQ key the factory writes ends: a job's hash and the finished, failed and canceled registries
+expire after the retention (the registries are trimmed of expired entries as they are written, as
+RQ's own cleanup would); a started entry is removed when its execution ends, whoever settles it;
+a worker's hash and the sets of workers carry the heartbeat's TTL.
+"""
+
+import functools
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from redis.typing import EncodableT
+from rq import Queue
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.utils import now, utcformat
+from rq.version import VERSION
+
+from factory.store import fields, keys
+from factory.store.scripts import END_RQ_JOB_LUA, END_RQ_JOB_SHA, RQ_WORKER_BEAT_LUA
+
+# RQ's statuses, for the few callers that name one (its values are the factory's own JobStatus's and more).
+RQStatus = JobStatus
+
+# How long past RQ's timeout of a job its started entry lasts (s): RQ's own cleanup (``rq info`` runs
+# it) takes an entry past its score for an abandoned job, and the factory's reaper settles a lost
+# execution well before (``worker_lost_after_s``).
+STARTED_GRACE_S = 600
+
+
+class RQJobUnreadable(Exception):
+    """RQ's hash of the job holds no call its decoder can read."""
+
+
+@dataclass(frozen=True)
+class RQCall:
+    """A job's call as RQ stores it."""
+
+    func_name: str
+    args: list[Any]
+    timeout_s: float | None  # RQ's own deadline of the job
+
+
+def rq_time() -> str:
+    """Now, in RQ's timestamp format."""
+    return utcformat(now())
+
+
+def add_job_on(
+    pipe: Pipeline,
+    client: redis.Redis,
+    queue_name: str,
+    job_id: str,
+    func: str,
+    args: list[Any],
+    *,
+    timeout_s: int,
+    ttl_s: int,
+    description: str,
+) -> None:
+    """Queue on ``pipe`` the creation of an RQ job calling ``func`` (a dotted path) and its place on the queue."""
+    _queue(client, queue_name).enqueue_call(
+        func,
+        args=args,
+        job_id=job_id,
+        timeout=timeout_s,
+        result_ttl=ttl_s,
+        failure_ttl=ttl_s,
+        description=description,
+        pipeline=pipe,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _queue(client: redis.Redis, name: str) -> Queue:
+    """One ``Queue`` per client and name: RQ asks the server's version (an ``INFO`` round trip) once
+    per ``Queue`` object, on its first enqueue."""
+    return Queue(name, connection=client, serializer=JSONSerializer)
+
+
+def queue_length(client: redis.Redis, queue_name: str) -> int:
+    """How many jobs wait on the queue."""
+    return int(client.llen(keys.rq_queue_key(queue_name)))
+
+
+def decode_call(client: redis.Redis, job_id: str, data: bytes, timeout: bytes | None) -> RQCall:
+    """The call in RQ's hash fields ``data`` and ``timeout``, read with RQ's own decoder."""
+    job = Job(job_id, connection=client, serializer=JSONSerializer)
+    job.restore({fields.RQ_DATA.encode(): data, fields.RQ_TIMEOUT.encode(): timeout or b""})
+    try:
+        func_name, args = job.func_name, list(job.args)
+    except DeserializationError as exc:
+        raise RQJobUnreadable(str(exc)) from exc
+    return RQCall(str(func_name), args, float(job.timeout) if job.timeout else None)
+
+
+def read_call(client: redis.Redis, job_id: str) -> RQCall | None:
+    """The job's call from RQ's hash; None when RQ has no such job."""
+    data, timeout = client.hmget(keys.rq_job_key(job_id), [fields.RQ_DATA, fields.RQ_TIMEOUT])
+    if not isinstance(data, bytes):
+        return None
+    return decode_call(client, job_id, data, timeout if isinstance(timeout, bytes) else None)
+
+
+def put_back(client: redis.Redis, job_id: str, token: str) -> str | None:
+    """Put the RQ job back on its queue once (however often called), its execution ``token`` out of
+    the started registry; the queue's name, or None when RQ no longer has the job."""
+    try:
+        job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None
+    queue = Queue(job.origin, connection=client, serializer=JSONSerializer)
+    client.zrem(keys.rq_registry_keys(queue.name)[0], f"{job_id}:{token}")
+    if job.get_status(refresh=False) == RQStatus.QUEUED and client.lpos(queue.key, job_id) is not None:
+        return queue.name  # someone requeued it already
+    job.started_at = None
+    job.ended_at = None
+    job.worker_name = None
+    queue.enqueue_job(job)
+    return queue.name
+
+
+def start_fields(worker_name: str) -> list[EncodableT]:
+    """RQ's job hash fields of a start, as a flat field/value list."""
+    return [
+        fields.RQ_STATUS,
+        RQStatus.STARTED.value,
+        fields.RQ_STARTED_AT,
+        rq_time(),
+        fields.RQ_WORKER_NAME,
+        worker_name,
+    ]
+
+
+def _end_args(job_id: str, token: str, status: RQStatus | None, retention_s: int, unqueue: bool) -> list[EncodableT]:
+    started, finished, failed, canceled = keys.rq_registry_keys("")
+    head: list[EncodableT] = [job_id, token, status.value if status else "", rq_time(), time.time(), retention_s]
+    return [*head, keys.RQ_QUEUE_PREFIX, started, finished, failed, canceled, "1" if unqueue else "0"]
+
+
+def _end_keys(job_id: str, worker_name: str) -> list[str]:
+    ends = [keys.rq_job_key(job_id), keys.job_key(job_id)]
+    return [*ends, keys.rq_worker_key(worker_name)] if worker_name else ends
+
+
+def end_job(
+    client: redis.Redis, job_id: str, status: RQStatus, retention_s: int, *, token: str = "", worker_name: str = ""
+) -> bool:
+    """End RQ's view of a job ended from outside its worker (a cancel, a settle): off its queue, the
+    execution ``token`` out of the started registry, RQ's hash ended with the record's status (else
+    ``status``) and expiring after the retention, the job in that status's registry. False if RQ had none."""
+    script = client.register_script(END_RQ_JOB_LUA)
+    args = _end_args(job_id, token, status, retention_s, unqueue=True)
+    return bool(script(keys=_end_keys(job_id, worker_name), args=args))
+
+
+def end_job_on(
+    pipe: Pipeline, job_id: str, token: str, status: RQStatus | None, retention_s: int, worker_name: str
+) -> None:
+    """Queue on ``pipe`` the worker's end of its execution ``token`` in RQ's view (the script must be
+    loaded, see :data:`SCRIPTS`): the started entry goes, the worker is idle again and, with ``status``
+    (the job ended), the job's hash and registries are ended as :func:`end_job` does, but for the queue,
+    which the take left already."""
+    job_keys = _end_keys(job_id, worker_name)
+    pipe.evalsha(END_RQ_JOB_SHA, len(job_keys), *job_keys, *_end_args(job_id, token, status, retention_s, False))
+
+
+def worker_beat_on(
+    pipe: Pipeline, name: str, queue_names: list[str], *, pid: int, hostname: str, birth_ms: int, ttl_s: int
+) -> None:
+    """Queue on ``pipe`` a worker's heartbeat in RQ's view: its hash (busy or idle as its jobs set it)
+    and its key in RQ's sets of workers, each with the TTL ``ttl_s``."""
+    birth = utcformat(datetime.fromtimestamp(birth_ms / 1000, tz=UTC))
+    described: list[EncodableT] = ["birth", birth, "last_heartbeat", rq_time(), "queues", ",".join(queue_names)]
+    described += ["pid", pid, "hostname", hostname, "version", VERSION, "python_version", sys.version]
+    sets = [keys.rq_workers_key(), *(keys.rq_queue_workers_key(q) for q in queue_names)]
+    pipe.eval(RQ_WORKER_BEAT_LUA, 1 + len(sets), keys.rq_worker_key(name), *sets, max(1, ttl_s), *described)
+
+
+def worker_gone_on(pipe: Pipeline, name: str, queue_names: list[str]) -> None:
+    """Queue on ``pipe`` a worker's clean exit from RQ's view."""
+    key = keys.rq_worker_key(name)
+    pipe.delete(key)
+    pipe.srem(keys.rq_workers_key(), key)
+    for queue in queue_names:
+        pipe.srem(keys.rq_queue_workers_key(queue), key)
+
+
+# The scripts the worker runs by SHA from here, loaded by ``worker.rqjobs``.
+SCRIPTS = (END_RQ_JOB_LUA,)

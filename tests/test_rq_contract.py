@@ -1,0 +1,191 @@
+"""RQ's private layout, as the factory's scripts assume it, checked against the installed RQ.
+
+The factory writes RQ's records itself (``factory.store.rqview``, ``factory.store.scripts``): the
+key names, the hash fields and the job decoding are RQ's, not the factory's. These tests read what
+the factory wrote through RQ's own API, so an RQ release that lays anything out otherwise fails
+here before it misleads an operator.
+"""
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+from rq import Queue, Worker, worker_registration
+from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+from worker.tasks import TASK
+
+from factory.events import CANCELED, UNEXPECTED_ERROR, ErrorInfo
+from factory.jobs import JobStatus as FactoryStatus
+from factory.jobs import now_ms, terminal_fields
+from factory.registry import register_folders
+from factory.settings import Settings
+from factory.store import fields, keys, rqview
+from factory.store.eventlog import append_args, append_keys, terminal_error_args
+from factory.store.executions import Claim
+from factory.store.scripts import APPEND_LUA
+from tests.stack import enqueue_call
+from worker.rqjobs import RQJobs, Take
+
+WORKER = "contract-worker"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
+def jobs(client: redis.Redis, settings: Settings) -> RQJobs:
+    register_folders(client, settings)
+    Queue(keys.deploy_queue_name(settings.queue_name), connection=client).empty()
+    jobs = RQJobs(settings, client, client, WORKER)
+    jobs.queues.refresh()
+    jobs.load_scripts()
+    return jobs
+
+
+def _queue(client: redis.Redis, settings: Settings) -> Queue:
+    return Queue(
+        keys.prefab_queue_name(settings.queue_name, "behaviours"), connection=client, serializer=JSONSerializer
+    )
+
+
+def _take(jobs: RQJobs, token: str) -> Take:
+    with jobs.client.pipeline(transaction=False) as pipe:
+        jobs.take_on(pipe, token, 30)
+        take = jobs.parse_take(pipe.execute()[-1])
+    assert take is not None
+    return take
+
+
+def _end(client: redis.Redis, job_id: str, token: str, status: FactoryStatus) -> None:
+    """The job's terminal event, as its horse writes it."""
+    error = None if status is FactoryStatus.FINISHED else ErrorInfo(code=UNEXPECTED_ERROR, message="boom")
+    event = orjson.dumps({"type": "done" if error is None else "error", "data": None})
+    args = append_args(
+        [event], retention_s=60, terminal_fields=terminal_fields(status, now_ms(), None, error), token=token
+    )
+    client.register_script(APPEND_LUA)(keys=append_keys(job_id), args=args)
+
+
+def _beat(client: redis.Redis, queue_names: list[str]) -> None:
+    with client.pipeline() as pipe:
+        rqview.worker_beat_on(
+            pipe, WORKER, queue_names, pid=4242, hostname="contract-host", birth_ms=now_ms(), ttl_s=30
+        )
+        pipe.execute()
+
+
+def test_key_layout_is_the_installed_rqs(client: redis.Redis) -> None:
+    queue = Queue("q", connection=client)
+    assert keys.rq_job_key("j") == Job.key_for("j")
+    assert keys.RQ_QUEUE_PREFIX == Queue.redis_queue_namespace_prefix and keys.rq_queue_key("q") == queue.key
+    assert keys.rq_queues_key() == Queue.redis_queues_keys
+    registries = (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry)
+    assert keys.rq_registry_keys("q") == tuple(r("q", connection=client).key for r in registries)
+    assert keys.rq_worker_key("w") == Worker.redis_worker_namespace_prefix + "w"
+    assert keys.rq_workers_key() == worker_registration.REDIS_WORKER_KEYS == Worker.redis_workers_keys
+    assert keys.rq_queue_workers_key("q") == worker_registration.WORKERS_BY_QUEUE_KEY % "q"
+
+
+def test_an_enqueued_job_has_the_fields_and_call_the_scripts_read(
+    client: redis.Redis, settings: Settings, jobs: RQJobs
+) -> None:
+    job_id = enqueue_call(client, settings, "counter", {"count": 1}, timeout_s=7)
+    stored = {k.decode() for k in client.hkeys(keys.rq_job_key(job_id))}  # type: ignore[union-attr]
+    assert {fields.RQ_DATA, fields.RQ_TIMEOUT, fields.RQ_STATUS, fields.RQ_ORIGIN} <= stored
+    job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.QUEUED and job.origin == _queue(client, settings).name
+    assert _queue(client, settings).get_job_ids() == [job_id]
+    data, timeout = client.hmget(keys.rq_job_key(job_id), [fields.RQ_DATA, fields.RQ_TIMEOUT])
+    call = rqview.decode_call(client, job_id, data, timeout)  # type: ignore[arg-type]
+    assert (call.func_name, call.args[0]["job_id"], call.timeout_s) == (TASK, job_id, 7 + 30)
+
+    take = _take(jobs, "t1")
+    assert take.attempt == 1 and take.runnable is not None
+    assert take.runnable.request.job_id == job_id and take.runnable.backstop_s == 37
+
+
+def test_rq_sees_a_started_job_and_its_real_end(client: redis.Redis, settings: Settings, jobs: RQJobs) -> None:
+    queue = _queue(client, settings)
+    _beat(client, jobs.queues.names())
+    ids = [enqueue_call(client, settings, "counter", {"count": 1}) for _ in range(2)]
+    take = _take(jobs, "t1")
+    assert take.job_id == ids[0]
+
+    job = Job.fetch(ids[0], connection=client, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.STARTED and job.worker_name == WORKER and job.started_at is not None
+    assert StartedJobRegistry(queue=queue).get_job_and_execution_ids() == [(ids[0], "t1")]
+    worker = Worker.find_by_key(keys.rq_worker_key(WORKER), connection=client)
+    assert worker is not None and worker.get_state() == "busy"
+
+    _end(client, ids[0], "t1", FactoryStatus.FINISHED)
+    jobs.release(Claim(ids[0], "t1", 1, 1), ids[0], rqview.RQStatus.FINISHED)
+    second = _take(jobs, "t2")
+    assert second.job_id == ids[1]
+    _end(client, ids[1], "t2", FactoryStatus.FAILED)
+    jobs.release(Claim(ids[1], "t2", 1, 1), ids[1], rqview.RQStatus.FINISHED)  # the record's status wins
+
+    finished = Job.fetch(ids[0], connection=client, serializer=JSONSerializer)
+    failed = Job.fetch(ids[1], connection=client, serializer=JSONSerializer)
+    assert finished.get_status() == JobStatus.FINISHED and finished.ended_at is not None
+    assert failed.get_status() == JobStatus.FAILED and failed.ended_at is not None
+    assert StartedJobRegistry(queue=queue).get_job_ids() == []
+    assert FinishedJobRegistry(queue=queue).get_job_ids() == [ids[0]]
+    assert FailedJobRegistry(queue=queue).get_job_ids() == [ids[1]]
+    for key in (keys.rq_job_key(ids[0]), *keys.rq_registry_keys(queue.name)[1:3]):
+        assert 0 < int(client.ttl(key)) <= settings.retention_s  # type: ignore[arg-type]
+    worker = Worker.find_by_key(keys.rq_worker_key(WORKER), connection=client)
+    assert worker is not None and worker.get_state() == "idle"
+    assert (worker.successful_job_count, worker.failed_job_count) == (1, 1)
+
+
+def test_rq_sees_a_queued_job_canceled(client: redis.Redis, settings: Settings, jobs: RQJobs) -> None:
+    queue = _queue(client, settings)
+    job_id = enqueue_call(client, settings, "counter", {"count": 1})
+    args = terminal_error_args(CANCELED, "the job was canceled", retention_s=settings.retention_s)
+    client.register_script(APPEND_LUA)(keys=append_keys(job_id), args=args)
+    assert rqview.end_job(client, job_id, rqview.RQStatus.CANCELED, settings.retention_s)
+    assert queue.count == 0
+    assert Job.fetch(job_id, connection=client, serializer=JSONSerializer).get_status() == JobStatus.CANCELED
+    assert CanceledJobRegistry(queue=queue).get_job_ids(cleanup=False) == [job_id]
+    assert 0 < int(client.ttl(keys.rq_registry_keys(queue.name)[3])) <= settings.retention_s  # type: ignore[arg-type]
+
+
+def test_rq_lists_the_workers_that_beat(client: redis.Redis, jobs: RQJobs) -> None:
+    names = jobs.queues.names()
+    _beat(client, names)
+    workers = Worker.all(connection=client)
+    assert [w.name for w in workers] == [WORKER]
+    worker = workers[0]
+    assert worker.queue_names() == names and worker.pid == 4242 and worker.hostname == "contract-host"
+    assert worker.get_state() == "idle" and worker.last_heartbeat is not None and worker.birth_date is not None
+    assert [w.name for w in Worker.all(queue=Queue(names[-1], connection=client))] == [WORKER]
+    assert 0 < int(client.ttl(keys.rq_worker_key(WORKER))) <= 30  # type: ignore[arg-type]
+
+    client.delete(keys.rq_worker_key(WORKER))  # a worker killed outright: its hash lapsed
+    client.sadd(keys.rq_workers_key(), keys.rq_worker_key("gone"))
+    with client.pipeline() as pipe:
+        rqview.worker_beat_on(pipe, "other", names, pid=1, hostname="h", birth_ms=now_ms(), ttl_s=30)
+        pipe.execute()
+    assert client.smembers(keys.rq_workers_key()) == {keys.rq_worker_key("other").encode()}
+    with client.pipeline() as pipe:
+        rqview.worker_gone_on(pipe, "other", names)
+        pipe.execute()
+    assert Worker.all(connection=client) == [] and not client.exists(keys.rq_workers_key())
+
+
+def test_a_release_loads_its_script_again_when_redis_lost_it(
+    client: redis.Redis, settings: Settings, jobs: RQJobs
+) -> None:
+    job_id = enqueue_call(client, settings, "counter", {"count": 1})
+    assert _take(jobs, "t1").job_id == job_id
+    _end(client, job_id, "t1", FactoryStatus.FINISHED)
+    client.script_flush()  # what a restarted Redis has: no scripts
+    jobs.release(Claim(job_id, "t1", 1, 1), job_id, rqview.RQStatus.FINISHED)
+    assert Job.fetch(job_id, connection=client, serializer=JSONSerializer).get_status() == JobStatus.FINISHED
+    assert StartedJobRegistry(queue=_queue(client, settings)).get_job_ids() == []
