@@ -15,12 +15,12 @@ from rq import Queue, Worker, worker_registration
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
-from worker.tasks import TASK
 
 from factory.events import CANCELED, UNEXPECTED_ERROR, ErrorInfo
 from factory.jobs import JobStatus as FactoryStatus
 from factory.jobs import now_ms, terminal_fields
 from factory.registry import register_folders
+from factory.rqtask import TASK
 from factory.settings import Settings
 from factory.store import fields, keys, rqview
 from factory.store.eventlog import append_args, append_keys, terminal_error_args
@@ -107,7 +107,7 @@ def test_an_enqueued_job_has_the_fields_and_call_the_scripts_read(
 
     take = _take(jobs, "t1")
     assert take.attempt == 1 and take.runnable is not None
-    assert take.runnable.request.job_id == job_id and take.runnable.backstop_s == 37
+    assert take.runnable.request.job_id == job_id and take.runnable.deadlines.backstop_s == 37
 
 
 def test_rq_sees_a_started_job_and_its_real_end(client: redis.Redis, settings: Settings, jobs: RQJobs) -> None:
