@@ -158,7 +158,9 @@ class _Outbox(threading.Thread):
 
     While one message is on its way, the values yielded meanwhile gather and leave as one ``E``
     message (one per line): a fast generator pays one write per batch, and a lone value leaves at
-    once. At most :data:`MAX_PENDING` values wait; a generator faster than the horse reads waits too.
+    once. A job's first value is written by the generator's own thread when nothing is on its way
+    (the moment a caller waits for should not wait for a thread to wake). At most
+    :data:`MAX_PENDING` values wait; a generator faster than the horse reads waits too.
     """
 
     def __init__(self, conn: Connection) -> None:
@@ -168,12 +170,26 @@ class _Outbox(threading.Thread):
         self.pending: list[tuple[bytes, bytes]] = []
         self.sending = False
 
-    def put(self, tag: bytes, payload: bytes = b"") -> None:
+    def put(self, tag: bytes, payload: bytes = b"", *, at_once: bool = False) -> None:
+        """Queue a message for the thread; with ``at_once`` and nothing queued or on its way, write it
+        here instead (a job's first value: a hand-off to the thread would only delay it)."""
         with self.cond:
             while len(self.pending) >= MAX_PENDING:
                 self.cond.wait()
-            self.pending.append((tag, payload))
-            if len(self.pending) == 1:  # it was empty: the sender may be waiting for it
+            direct = at_once and not self.pending and not self.sending
+            if direct:
+                self.sending = True
+            else:
+                self.pending.append((tag, payload))
+                if len(self.pending) == 1:  # it was empty: the sender may be waiting for it
+                    self.cond.notify_all()
+        if direct:
+            try:
+                self.conn.send_bytes(tag + payload)
+            except OSError:
+                os._exit(1)  # the horse is gone
+            with self.cond:
+                self.sending = False
                 self.cond.notify_all()
 
     def drain(self) -> None:
@@ -185,7 +201,7 @@ class _Outbox(threading.Thread):
     def run(self) -> None:
         while True:
             with self.cond:
-                while not self.pending:
+                while not self.pending or self.sending:  # a direct write (``put(at_once=True)``) goes first
                     self.cond.wait()
                 batch, self.pending, self.sending = self.pending, [], True
                 self.cond.notify_all()
@@ -230,6 +246,7 @@ class _Job:
         try:
             function = getattr(self.module, order["function"])
             values = _values(function, order["inputs"])
+            first = True
             try:
                 for value in values:
                     try:
@@ -238,7 +255,8 @@ class _Job:
                         reason = f"{type(value).__name__} value is not JSON-serialisable: {exc}"
                         send(b"N", reason.encode())
                         return
-                    send(b"E", raw)
+                    send(b"E", raw, at_once=first)
+                    first = False
                     if isinstance(value, dict) and value.get("type") in _TERMINAL_TYPES:
                         break  # the stream ended: the generator is closed, as the seed's rule says
             finally:
