@@ -54,8 +54,8 @@ def parse(writes: list[bytes]) -> list[tuple[int, bytes]]:
 class Reader:
     """One SSE reader of one job on a hub of its own, taking writes only when the test says so.
 
-    ``open`` leaves it as a reader that has caught up: the initial replay done and the resync that
-    the subscription's confirmation asks for (``RelayHub``) behind it, waiting on its channel. With
+    ``open`` leaves it as a reader that has caught up: the initial replay done, waiting on its
+    channel. With
     ``started=False`` it has only subscribed, as a response that has not sent anything yet.
     """
 
@@ -151,6 +151,24 @@ def test_a_reader_whose_mailbox_overflows_reads_the_log_again(redis_url: str) ->
         finally:
             await reader.close()
         assert received == numbered(log_of(admin, job_id)) == numbered([event(1), *big, DONE])
+
+    run(scenario)
+
+
+def test_a_new_reader_reads_the_log_once_then_follows_the_channel(redis_url: str) -> None:
+    """A first subscription's confirmation sends no reader back to the log: only a re-subscription does."""
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+
+    async def scenario() -> None:
+        reads_before = log_reads(admin)
+        reader = await Reader.open(redis_url, job_id)
+        try:
+            await append(reader.client, job_id, event(1))
+            assert await reader.take(1) == [(1, event(1))]
+            assert log_reads(admin) - reads_before == 1  # the replay; the event came on the channel
+        finally:
+            await reader.close()
 
     run(scenario)
 
