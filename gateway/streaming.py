@@ -47,7 +47,9 @@ logger = logging.getLogger(__name__)
 class RelayResponse(Response):
     """``text/event-stream`` of one reader: the relay's writes, sent as they come, until its end."""
 
-    media_type = "text/event-stream"
+    # Set per instance: FastAPI documents a route's other responses (the JSON errors) in its
+    # response class's media type, when the class has one.
+    media_type = None
 
     def __init__(
         self,
@@ -62,6 +64,7 @@ class RelayResponse(Response):
     ) -> None:
         # As Starlette's StreamingResponse: no ``Response.__init__``, which would declare a body of 0 bytes.
         self.status_code = status_code
+        self.media_type = "text/event-stream"
         self.background = background
         self.init_headers(
             {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no", **headers}
