@@ -55,6 +55,8 @@ class Provisioner:
         self._python_tag = python_tag() if settings.prefab_python is None else f"interpreter:{Path(python).resolve()}"
         self._deployments: dict[str, Deployment] = {}
         self._pool: RunnerPool | None = None  # made in the process that runs jobs (the horse)
+        # A deployment's runner spec, made once: its sandbox's mount plan walks paths (~1.7 ms a job).
+        self._specs: dict[tuple[str, Path], RunnerSpec] = {}
         self.isolation: Isolation = probe(settings)
         self._fixed_ids = _user_ids(settings.runner_user) if os.getuid() == 0 else None
         self._job_ids: tuple[int, int] | None = None  # uid, gid of the current job's runner (root only)
@@ -76,6 +78,7 @@ class Provisioner:
 
     def forget(self, deployment_id: str) -> None:
         self._deployments.pop(deployment_id, None)
+        self._specs = {key: spec for key, spec in self._specs.items() if key[0] != deployment_id}
 
     def environment(self, deployment: Deployment, on_step: StepReporter = _log_step) -> Environment:
         """The deployment's environment, built here if this machine has none yet."""
@@ -115,7 +118,10 @@ class Provisioner:
         if self._pool is None:
             self._pool = RunnerPool(self.settings.max_runners_per_horse, self.environ)
         environment = self.environment(deployment)
-        spec = self.runner_spec(deployment, environment.python)
+        spec = self._specs.get((deployment.deployment_id, environment.python))
+        if spec is None:
+            spec = self.runner_spec(deployment, environment.python)
+            self._specs[(deployment.deployment_id, environment.python)] = spec
         self._job_ids = (spec.uid, spec.gid) if spec.uid >= 0 else None
         return self._pool.get(spec)
 
