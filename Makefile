@@ -13,7 +13,7 @@ ARGS ?=
 CONSTRAINTS := constraints.txt
 PIP_INSTALL := $(BIN)/python -m pip install -c $(CONSTRAINTS)
 
-.PHONY: up test test-under-load soak bench browser sandbox lock
+.PHONY: up test test-under-load test-lowest soak bench browser sandbox lock
 
 up: $(STAMP_RUN)
 	$(BIN)/factory up $(ARGS)
@@ -27,6 +27,17 @@ test: $(STAMP_DEV) browser sandbox
 test-under-load: $(STAMP_DEV)
 	taskset -c 0 sh -c 'while :; do :; done' & hog=$$!; trap 'kill $$hog' EXIT; \
 	$(BIN)/pytest tests/test_faults.py
+
+# The suite against the lowest versions pyproject.toml allows (uv's lowest-direct resolution) in a
+# venv of its own: every floor it states is checked. Not part of `make test`, whose time it doubles;
+# run it after changing a dependency's floor (README: "Dependencies").
+LOWEST := .venv-lowest
+test-lowest: $(STAMP_DEV)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra prefabs --resolution lowest-direct -q -o $(LOWEST).txt
+	$(BIN)/uv venv -q --allow-existing -p $(PYTHON) $(LOWEST)
+	$(BIN)/uv pip install -q -p $(LOWEST)/bin/python -r $(LOWEST).txt
+	$(BIN)/uv pip install -q -p $(LOWEST)/bin/python --no-deps -e .
+	$(LOWEST)/bin/python -m pytest $(ARGS)
 
 # A few minutes of hostile load on loopback; fails when memory, descriptors or Redis keys grow.
 soak: $(STAMP_DEV)
