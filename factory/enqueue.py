@@ -6,6 +6,8 @@ imports worker code. Each enqueue also rings the queue's doorbell, which wakes t
 blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up hint only.
 """
 
+import asyncio
+
 import redis
 import redis.asyncio as aioredis
 from redis.client import Pipeline
@@ -76,9 +78,20 @@ async def enqueue_async(
     client: aioredis.Redis, recorder: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest
 ) -> None:
     """:func:`enqueue` on the event loop: the same writes (made with ``recorder``, a sync client that
-    sends nothing here), sent through ``client`` with no thread hop."""
-    _check_room(settings, await client.llen(keys.rq_queue_key(queue_for(settings, request))))
-    with _writes(recorder, settings, record, request) as writes:
+    sends nothing here), sent through ``client`` with no thread hop.
+
+    The queue's length is asked first and the writes are made while Redis answers, so the check
+    costs no round trip of its own on the call's path; nothing is written before it passed.
+    """
+    waiting = asyncio.ensure_future(client.llen(keys.rq_queue_key(queue_for(settings, request))))
+    await asyncio.sleep(0)  # the length request goes out now
+    try:
+        writes = _writes(recorder, settings, record, request)
+    except BaseException:
+        await asyncio.gather(waiting, return_exceptions=True)
+        raise
+    with writes:
+        _check_room(settings, await waiting)
         async with client.pipeline(transaction=True) as pipe:
             for args, options in writes.command_stack:
                 pipe.execute_command(*args, **options)

@@ -10,7 +10,7 @@ from factory.jobs import JobStatus
 from gateway.deps import StateDep
 from gateway.jobs import JobFilter
 from gateway.schemas import ErrorResponse, JobList, JobView
-from gateway.streaming import RelayResponse, open_stream
+from gateway.streaming import RelayResponse, open_stream_with_lookup
 
 router = APIRouter(tags=["jobs"], responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 
@@ -64,12 +64,16 @@ async def job_events(
 ) -> Response:
     """SSE: the log after ``Last-Event-ID`` (or from the start), then live, to the terminal event."""
     last_seq = _last_seq(last_event_id, last_event_id_query)
-    record, length = await state.jobs.get(job_id)
-    if last_seq > length:
-        raise BadRequest(f"Last-Event-ID {last_seq} is beyond the job's last event ({length})")
-    if record.status.is_final and last_seq >= length:
-        return Response(status_code=204)
-    return await open_stream(state, job_id, last_seq, {"X-Job-Id": job_id})
+
+    async def lookup() -> int | Response:
+        record, length = await state.jobs.get(job_id)
+        if last_seq > length:
+            raise BadRequest(f"Last-Event-ID {last_seq} is beyond the job's last event ({length})")
+        if record.status.is_final and last_seq >= length:
+            return Response(status_code=204)
+        return last_seq
+
+    return await open_stream_with_lookup(state, job_id, {"X-Job-Id": job_id}, lookup)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView)

@@ -22,8 +22,8 @@ whose Redis stayed away with a comment.
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import aclosing, suppress
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -179,10 +179,43 @@ async def open_stream(
     ``checked``: the caller ran :func:`check_capacity` already (before enqueueing a job whose
     only reader this is, so a refusal never leaves a job nobody knows the id of).
     """
-    settings = state.settings
     if not checked:
         check_capacity(state, job_id)
-    subscriber = await state.hub.subscribe(job_id)
+    return _response(state, job_id, last_seq, await state.hub.subscribe(job_id), headers)
+
+
+async def open_stream_with_lookup(
+    state: GatewayState, job_id: str, headers: dict[str, str], lookup: Callable[[], Awaitable[int | Response]]
+) -> Response:
+    """:func:`open_stream`, subscribing while ``lookup`` runs: their round trips overlap.
+
+    ``lookup`` gives the seq the reader last saw, or the response to answer instead of a stream
+    (the subscription is then dropped). Nothing is missed either way: the stream reads the log
+    after the subscription is confirmed, whatever ``lookup`` saw.
+    """
+    check_capacity(state, job_id)
+    subscribing = asyncio.ensure_future(state.hub.subscribe(job_id))
+    try:
+        decided = await lookup()
+    except BaseException:
+        await _drop(state, subscribing)
+        raise
+    if isinstance(decided, Response):
+        await _drop(state, subscribing)
+        return decided
+    return _response(state, job_id, decided, await subscribing, headers)
+
+
+async def _drop(state: GatewayState, subscribing: "asyncio.Future[Subscriber]") -> None:
+    # Awaited, not cancelled: a subscribe cut mid-command would cost the hub its connection.
+    with suppress(Exception):
+        await state.hub.unsubscribe(await subscribing)
+
+
+def _response(
+    state: GatewayState, job_id: str, last_seq: int, subscriber: Subscriber, headers: dict[str, str]
+) -> RelayResponse:
+    settings = state.settings
     if last_seq > 0:
         state.metrics.resumes.inc()
     limits = ReaderLimits(

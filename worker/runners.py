@@ -304,7 +304,8 @@ class _WorkspaceGuard:
     """Measures the running job's workspace every :data:`GUARD_INTERVAL_S`; kills the runner past its limit.
 
     The check is periodic, so a job may overshoot by what it writes in one interval (``RLIMIT_FSIZE``
-    bounds each file meanwhile); the private ``/tmp`` is a size-limited tmpfs of its own.
+    bounds each file meanwhile); the private ``/tmp`` is a size-limited tmpfs of its own. The guard
+    ticks whether or not a job runs: a job's start and end only change what the next tick measures.
     """
 
     def __init__(self, runner: "Runner", limit_bytes: int) -> None:
@@ -317,13 +318,15 @@ class _WorkspaceGuard:
         self._thread: threading.Thread | None = None
 
     def watch(self, workspace: Path | None) -> None:
-        """Measure ``workspace`` from now on (None: no job is running)."""
-        with self._cond:
-            self._workspace = workspace
-            if self._thread is None and workspace is not None:
-                self._thread = threading.Thread(target=self._run, daemon=True, name="workspace-guard")
-                self._thread.start()
-            self._cond.notify_all()
+        """Measure ``workspace`` from the guard's next tick on (None: no job is running).
+
+        Only the reference changes: the guard is not woken, so a job's start and end cost no
+        thread switch (waking it sat on the path of every job's first event).
+        """
+        self._workspace = workspace
+        if self._thread is None and workspace is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="workspace-guard")
+            self._thread.start()
 
     def stop(self) -> None:
         with self._cond:
@@ -333,12 +336,11 @@ class _WorkspaceGuard:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._workspace is None and not self._stopped:
-                    self._cond.wait()
+                if not self._stopped:
+                    self._cond.wait(GUARD_INTERVAL_S)
                 if self._stopped:
                     return
-                self._cond.wait(GUARD_INTERVAL_S)
-                workspace = self._workspace
+            workspace = self._workspace
             if workspace is None:
                 continue
             used = workspace_usage(workspace, self.limit_bytes)
