@@ -3,9 +3,13 @@ the gateway's one pub/sub connection (``gateway.relay_hub``).
 
 Exactly-once, in order, with no gap: a reader subscribes and waits for Redis to confirm
 before it reads the log, so every event is in the log it reads or arrives on the channel
-after; the overlap is dropped by ``seq``. The log is the truth and the channel only a fast
-path: a reader that sees a gap, falls too far behind (its buffer overflowed because its
-client reads slowly) or hears nothing for a while reads the log again from its last ``seq``.
+after; the overlap is dropped by ``seq``. A reader may be handed a first page read before its
+subscription was confirmed (``GET /jobs/{id}/events`` reads it with the job's record, so a job's
+first events cost one round trip): it sends that page, then waits for the confirmation and reads
+the log again from where the page ended, so the rule above still holds for everything after.
+The log is the truth and the channel only a fast path: a reader that sees a gap, falls too far
+behind (its buffer overflowed because its client reads slowly) or hears nothing for a while
+reads the log again from its last ``seq``.
 So a slow reader never slows the hub, the other readers or the worker, and a pub/sub message
 lost to a Redis restart costs latency, not data.
 
@@ -98,7 +102,15 @@ class StoreUnreachable(Exception):
 class EventStream:
     """One reader's events of one job, from after ``last_seq`` to the terminal event."""
 
-    def __init__(self, client: aioredis.Redis, hub: RelayHub, job_id: str, last_seq: int, limits: ReaderLimits):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        hub: RelayHub,
+        job_id: str,
+        last_seq: int,
+        limits: ReaderLimits,
+        read_ahead: list[bytes] | None = None,
+    ):
         self.client = client
         self.hub = hub
         self.job_id = job_id
@@ -106,6 +118,8 @@ class EventStream:
         self.limits = limits
         self.finished = False
         self.closing = False  # set on gateway shutdown: end without the terminal event
+        # The log after ``last_seq``, read before the subscription was confirmed (at most FIRST_PAGE events).
+        self.read_ahead = read_ahead
 
     async def frames(self, subscriber: Subscriber) -> AsyncGenerator[bytes, None]:
         """Yield writes of whole SSE frames until the terminal event; then stop. A stream quiet for
@@ -115,6 +129,12 @@ class EventStream:
         once the socket has room) before the next page of the log is read.
         """
         try:
+            if self.read_ahead:
+                read_ahead, self.read_ahead = self.read_ahead, None
+                for write in pack_writes(self._frames(self.last_seq + 1, read_ahead)):
+                    yield write
+            if not self.finished:
+                await self._confirmed(subscriber)
             async for write in self._replay():
                 yield write
             idle_s = 0.0
@@ -150,6 +170,12 @@ class EventStream:
             yield b": the event store is unreachable; reconnect with Last-Event-ID\n\n"
         finally:
             await self.hub.unsubscribe(subscriber)
+
+    async def _confirmed(self, subscriber: Subscriber) -> None:
+        try:
+            await self.hub.confirmation(subscriber)
+        except TimeoutError as exc:
+            raise StoreUnreachable("Redis did not confirm the subscription") from exc
 
     async def _replay(self) -> AsyncGenerator[bytes, None]:
         """The log after ``last_seq``, a page at a time, each page sized to ``buffer_bytes``."""

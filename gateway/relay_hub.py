@@ -37,6 +37,7 @@ class Subscriber:
     size_bytes: int = 0
     overflowed: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    confirmed: "asyncio.Future[None] | None" = None  # the channel's subscription, once Redis confirms it
 
     def deliver(self, message: bytes) -> None:
         if self.size_bytes + len(message) > self.capacity_bytes:
@@ -107,8 +108,9 @@ class RelayHub:
                 pass
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def subscribe(self, job_id: str) -> Subscriber:
-        """Join the job's channel; returns once Redis confirmed the subscription."""
+    async def subscribe(self, job_id: str, *, wait: bool = True) -> Subscriber:
+        """Join the job's channel; returns once Redis confirmed the subscription (with ``wait``
+        false: once it is asked for; :meth:`confirmation` waits for it then)."""
         channel = keys.events_channel(job_id)
         subscriber = Subscriber(channel, self._buffer)
         readers = self._subscribers.setdefault(channel, set())
@@ -124,12 +126,22 @@ class RelayHub:
             except BaseException:
                 await self.unsubscribe(subscriber)
                 raise
+        subscriber.confirmed = confirmed
+        if wait:
+            await self.confirmation(subscriber)
+        return subscriber
+
+    async def confirmation(self, subscriber: Subscriber) -> None:
+        """Wait until Redis confirmed the subscriber's channel (:class:`TimeoutError` past
+        :data:`SUBSCRIBE_TIMEOUT_S`, and the subscriber leaves)."""
+        assert subscriber.confirmed is not None
+        if subscriber.confirmed.done() and not subscriber.confirmed.cancelled():
+            return
         try:
-            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.shield(subscriber.confirmed), SUBSCRIBE_TIMEOUT_S)
         except BaseException:
             await self.unsubscribe(subscriber)
             raise
-        return subscriber
 
     async def unsubscribe(self, subscriber: Subscriber) -> None:
         readers = self._subscribers.get(subscriber.channel)

@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing, suppress
+from dataclasses import dataclass
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -184,26 +185,36 @@ async def open_stream(
     return _response(state, job_id, last_seq, await state.hub.subscribe(job_id), headers)
 
 
-async def open_stream_with_lookup(
-    state: GatewayState, job_id: str, headers: dict[str, str], lookup: Callable[[], Awaitable[int | Response]]
-) -> Response:
-    """:func:`open_stream`, subscribing while ``lookup`` runs: their round trips overlap.
+@dataclass(frozen=True)
+class StreamFrom:
+    """Where a reader's stream starts: after ``last_seq``, with the log after it as far as already read."""
 
-    ``lookup`` gives the seq the reader last saw, or the response to answer instead of a stream
-    (the subscription is then dropped). Nothing is missed either way: the stream reads the log
-    after the subscription is confirmed, whatever ``lookup`` saw.
+    last_seq: int
+    read_ahead: list[bytes]
+
+
+async def open_stream_with_lookup(
+    state: GatewayState, job_id: str, headers: dict[str, str], lookup: Callable[[], Awaitable[StreamFrom | Response]]
+) -> Response:
+    """:func:`open_stream`, subscribing while ``lookup`` runs: their round trips overlap, and the
+    events ``lookup`` read go out without waiting for the subscription's confirmation.
+
+    ``lookup`` gives where the stream starts, or the response to answer instead of a stream (the
+    subscription is then dropped). Nothing is missed either way: once the events read ahead are
+    sent, the stream waits for the confirmation and reads the log again from there
+    (``gateway.relay``).
     """
     check_capacity(state, job_id)
-    subscribing = asyncio.ensure_future(state.hub.subscribe(job_id))
+    subscribing = asyncio.ensure_future(state.hub.subscribe(job_id, wait=False))
     try:
-        decided = await lookup()
+        start = await lookup()
     except BaseException:
         await _drop(state, subscribing)
         raise
-    if isinstance(decided, Response):
+    if isinstance(start, Response):
         await _drop(state, subscribing)
-        return decided
-    return _response(state, job_id, decided, await subscribing, headers)
+        return start
+    return _response(state, job_id, start.last_seq, await subscribing, headers, start.read_ahead)
 
 
 async def _drop(state: GatewayState, subscribing: "asyncio.Future[Subscriber]") -> None:
@@ -213,7 +224,12 @@ async def _drop(state: GatewayState, subscribing: "asyncio.Future[Subscriber]") 
 
 
 def _response(
-    state: GatewayState, job_id: str, last_seq: int, subscriber: Subscriber, headers: dict[str, str]
+    state: GatewayState,
+    job_id: str,
+    last_seq: int,
+    subscriber: Subscriber,
+    headers: dict[str, str],
+    read_ahead: list[bytes] | None = None,
 ) -> RelayResponse:
     settings = state.settings
     if last_seq > 0:
@@ -224,7 +240,7 @@ def _response(
         outage_s=settings.redis_outage_s,
         buffer_bytes=settings.reader_buffer_bytes,
     )
-    stream = EventStream(state.redis, state.hub, job_id, last_seq, limits)
+    stream = EventStream(state.redis, state.hub, job_id, last_seq, limits, read_ahead)
     return RelayResponse(
         stream, subscriber, state=state, headers=headers, send_timeout_s=settings.reader_send_timeout_s
     )
