@@ -1,4 +1,4 @@
-"""Putting a job on the queue: its record and its RQ job in one MULTI/EXEC.
+"""Putting a job on the queue: its record and its RQ job in one atomic step, unless the queue is full.
 
 The one way a job is created, by the gateway (calls) and by deployments (their build jobs), so a
 job id anybody receives always has both. The job names its task by dotted path: nothing here
@@ -6,11 +6,10 @@ imports worker code. Each enqueue also rings the queue's doorbell, which wakes t
 blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up hint only.
 """
 
-import asyncio
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.client import Pipeline
 
 from factory.errors import ServiceUnavailable
 from factory.jobs import InvocationRequest, JobRecord
@@ -18,6 +17,7 @@ from factory.retention import note_recent
 from factory.rqtask import TASK
 from factory.settings import Settings
 from factory.store import keys, rqview
+from factory.store.scripts import ENQUEUE_LUA
 
 # RQ's own deadline is a backstop behind the worker's: the worker kills a horse past it.
 RQ_TIMEOUT_MARGIN_S = 30
@@ -32,34 +32,37 @@ def queue_for(settings: Settings, request: InvocationRequest) -> str:
     return keys.prefab_queue_name(settings.queue_name, request.prefab_id)
 
 
-def _writes(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> Pipeline:
-    """Every write that creates the job, queued on a MULTI pipeline of ``client`` and not yet sent.
+def _writes(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> list[Any]:
+    """Every write that creates the job, flattened for :data:`ENQUEUE_LUA`'s ARGV (after the limit).
 
-    RQ writes its own job hash and queue entry (``enqueue_call`` on the pipeline), so the layout is
-    always the installed RQ's; nothing is sent until the pipeline executes.
+    RQ makes its own job hash and queue entry (``enqueue_call``, on a pipeline of ``client`` that
+    only records them), so the layout is always the installed RQ's; nothing is sent here.
     """
     queue = queue_for(settings, request)
     doorbell = keys.doorbell_key(queue)
-    pipe = client.pipeline()
-    pipe.multi()
-    pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
-    if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
-        note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
-    rqview.add_job_on(
-        pipe,
-        client,
-        queue,
-        request.job_id,
-        TASK,
-        [request.model_dump(mode="json")],
-        timeout_s=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
-        ttl_s=settings.retention_s,
-        description=f"{request.prefab_id}.{request.function_name}",
-    )
-    pipe.rpush(doorbell, 1)
-    pipe.ltrim(doorbell, -DOORBELL_LENGTH, -1)
-    pipe.expire(doorbell, DOORBELL_TTL_S)
-    return pipe
+    with client.pipeline() as pipe:
+        pipe.multi()
+        pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
+        if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
+            note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
+        rqview.add_job_on(
+            pipe,
+            client,
+            queue,
+            request.job_id,
+            TASK,
+            [request.model_dump(mode="json")],
+            timeout_s=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
+            ttl_s=settings.retention_s,
+            description=f"{request.prefab_id}.{request.function_name}",
+        )
+        pipe.rpush(doorbell, 1)
+        pipe.ltrim(doorbell, -DOORBELL_LENGTH, -1)
+        pipe.expire(doorbell, DOORBELL_TTL_S)
+        flat: list[Any] = []
+        for args, _ in pipe.command_stack:
+            flat += [len(args), *args]
+        return flat
 
 
 def _check_room(settings: Settings, waiting: int) -> None:
@@ -68,31 +71,19 @@ def _check_room(settings: Settings, waiting: int) -> None:
 
 
 def enqueue(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> None:
-    """Create the job: record, recent list, RQ job, doorbell; 503 when its queue is full."""
-    _check_room(settings, rqview.queue_length(client, queue_for(settings, request)))
-    with _writes(client, settings, record, request) as pipe:
-        pipe.execute()
+    """Create the job: record, recent list, RQ job, doorbell, in one atomic step; 503 when its queue is full."""
+    writes = _writes(client, settings, record, request)
+    queue = keys.rq_queue_key(queue_for(settings, request))
+    waiting = client.register_script(ENQUEUE_LUA)(keys=[queue], args=[settings.max_queue_length, *writes])
+    _check_room(settings, int(waiting))
 
 
 async def enqueue_async(
     client: aioredis.Redis, recorder: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest
 ) -> None:
     """:func:`enqueue` on the event loop: the same writes (made with ``recorder``, a sync client that
-    sends nothing here), sent through ``client`` with no thread hop.
-
-    The queue's length is asked first and the writes are made while Redis answers, so the check
-    costs no round trip of its own on the call's path; nothing is written before it passed.
-    """
-    waiting = asyncio.ensure_future(client.llen(keys.rq_queue_key(queue_for(settings, request))))
-    await asyncio.sleep(0)  # the length request goes out now
-    try:
-        writes = _writes(recorder, settings, record, request)
-    except BaseException:
-        await asyncio.gather(waiting, return_exceptions=True)
-        raise
-    with writes:
-        _check_room(settings, await waiting)
-        async with client.pipeline(transaction=True) as pipe:
-            for args, options in writes.command_stack:
-                pipe.execute_command(*args, **options)
-            await pipe.execute()
+    sends nothing here), sent through ``client`` with no thread hop, in one round trip."""
+    writes = _writes(recorder, settings, record, request)
+    queue = keys.rq_queue_key(queue_for(settings, request))
+    waiting = await client.register_script(ENQUEUE_LUA)(keys=[queue], args=[settings.max_queue_length, *writes])
+    _check_room(settings, int(waiting))

@@ -7,6 +7,7 @@ idle timeout and the worker's event limits run over real gateway and worker proc
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -46,6 +47,17 @@ def test_full_queue_refuses_with_503_and_retry_after(settings: Settings) -> None
         assert all(job["status"] == "queued" for job in jobs)
         client.post(f"/jobs/{first}/cancel")  # leaves the queue, so there is room again
         assert client.post("/invoke", json=GOOD).status_code == 202
+
+
+def test_calls_racing_for_the_last_places_never_fill_the_queue_past_its_limit(settings: Settings) -> None:
+    """The length check and the job's writes are one atomic step: however many calls race, the queue
+    holds at most its limit, and every call past it is refused whole."""
+    limit = 3
+    with TestClient(create_app(settings.model_copy(update={"max_queue_length": limit}))) as client:
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: client.post("/invoke", json=GOOD).status_code, range(48)))
+        assert codes.count(202) == limit and codes.count(503) == len(codes) - limit
+        assert len(client.get("/jobs").json()["jobs"]) == limit
 
 
 def test_retention_ends_an_ended_job_only(settings: Settings) -> None:

@@ -253,6 +253,25 @@ for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# ENQUEUE: creates a job (``factory.enqueue``) unless its queue is full: the length check and the writes
+# are one atomic step and one round trip, so no job is written past the limit, by any gateway.
+# KEYS[1] = the RQ queue's list
+# ARGV[1] = the most jobs that may wait on it, then the writes that create the job, each as its
+#   number of arguments followed by them, command name first (the job's record and the recent
+#   jobs, RQ's own hash and queue entry as the installed RQ records them, the queue's doorbell)
+# Returns how many jobs were waiting: the writes ran if that is below ARGV[1].
+ENQUEUE_LUA = """
+local waiting = redis.call('LLEN', KEYS[1])
+if waiting >= tonumber(ARGV[1]) then return waiting end
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return waiting
+"""
+
 # Run by SHA in the worker's pipelines (redis-py's Script would cost a SCRIPT EXISTS round trip each time).
 TAKE_SHA = sha(TAKE_LUA)
 END_RQ_JOB_SHA = sha(END_RQ_JOB_LUA)
