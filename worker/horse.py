@@ -19,13 +19,12 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import replace
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 from pydantic import BaseModel
@@ -41,9 +40,6 @@ from worker.runner import InvocationRunner, WorkerRuntime
 from worker.workspace import spare_workspace
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
-_UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 
 
 class HorseOrder(BaseModel):
@@ -191,7 +187,6 @@ def _child(runtime: WorkerRuntime, conn: Connection) -> NoReturn:
 
 def _serve(runtime: WorkerRuntime, conn: Connection) -> None:
     """Run orders one at a time until the worker closes the pipe."""
-    handlers = {sig: signal.getsignal(sig) for sig in signal.valid_signals() - _UNCATCHABLE}
     while True:
         try:
             raw = conn.recv_bytes()
@@ -199,14 +194,6 @@ def _serve(runtime: WorkerRuntime, conn: Connection) -> None:
             return
         order = HorseOrder.model_validate_json(raw)
         conn.send_bytes(_run(runtime, order).model_dump_json().encode())
-        _restore_handlers(handlers)  # after the reply, off the job's critical path
-
-
-def _restore_handlers(handlers: dict[signal.Signals, Handler]) -> None:
-    """Put back the signal handlers a job's function changed (SIGTERM's, say), so the next job starts clean."""
-    for sig, handler in handlers.items():
-        if handler is not None and signal.getsignal(sig) is not handler:
-            signal.signal(sig, handler)
 
 
 def _run(runtime: WorkerRuntime, order: HorseOrder) -> HorseReply:

@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ from worker.sandbox import MountPlan, bwrap_prefix, deployment_uid, network_poli
 logger = logging.getLogger(__name__)
 
 StepReporter = Callable[[str, dict[str, Any]], None]
+
+# How long a horse runs jobs in an environment it found before looking for it on disk again (and
+# marking it used, which the sweeper reads): finding it costs two stats and a utime, once a job.
+ENVIRONMENT_RECHECK_S = 60.0
 
 
 class ProvisionError(Exception):
@@ -57,6 +62,7 @@ class Provisioner:
         self._pool: RunnerPool | None = None  # made in the process that runs jobs (the horse)
         # A deployment's runner spec, made once: its sandbox's mount plan walks paths (~1.7 ms a job).
         self._specs: dict[tuple[str, Path], RunnerSpec] = {}
+        self._found: dict[str, tuple[Environment, float]] = {}  # a deployment's environment, and when found
         self.isolation: Isolation = probe(settings)
         self._fixed_ids = _user_ids(settings.runner_user) if os.getuid() == 0 else None
         self._job_ids: tuple[int, int] | None = None  # uid, gid of the current job's runner (root only)
@@ -78,6 +84,7 @@ class Provisioner:
 
     def forget(self, deployment_id: str) -> None:
         self._deployments.pop(deployment_id, None)
+        self._found.pop(deployment_id, None)
         self._specs = {key: spec for key, spec in self._specs.items() if key[0] != deployment_id}
 
     def environment(self, deployment: Deployment, on_step: StepReporter = _log_step) -> Environment:
@@ -117,13 +124,23 @@ class Provisioner:
         """A live runner for the deployment in this process (a work horse)."""
         if self._pool is None:
             self._pool = RunnerPool(self.settings.max_runners_per_horse, self.environ)
-        environment = self.environment(deployment)
+        environment = self._environment_to_run(deployment)
         spec = self._specs.get((deployment.deployment_id, environment.python))
         if spec is None:
             spec = self.runner_spec(deployment, environment.python)
             self._specs[(deployment.deployment_id, environment.python)] = spec
         self._job_ids = (spec.uid, spec.gid) if spec.uid >= 0 else None
         return self._pool.get(spec)
+
+    def _environment_to_run(self, deployment: Deployment) -> Environment:
+        """:meth:`environment`, looked for on disk at most every :data:`ENVIRONMENT_RECHECK_S`."""
+        now = time.monotonic()
+        found = self._found.get(deployment.deployment_id)
+        if found is not None and now - found[1] < ENVIRONMENT_RECHECK_S:
+            return found[0]
+        environment = self.environment(deployment)
+        self._found[deployment.deployment_id] = (environment, now)
+        return environment
 
     def runner_spec(self, deployment: Deployment, python: Path) -> RunnerSpec:
         """How the deployment's runner is started and confined here (:class:`ProvisionError` if it cannot be)."""
