@@ -206,4 +206,5 @@ def _run(runtime: WorkerRuntime, order: HorseOrder) -> HorseReply:
             failure = f"{type(exc).__name__}: {exc}"
             return HorseReply(job_id=job_id, outcome=RunOutcome.RUN_FAILED, failure=failure)
         logged.retrying = report.outcome is RunOutcome.RETRY_WRITTEN
+        logged.closed_as, logged.error_code = report.closed_as, report.error_code
     return HorseReply(job_id=job_id, outcome=report.outcome, error_code=report.error_code)

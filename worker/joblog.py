@@ -2,18 +2,20 @@
 
 Every line emitted while the job runs carries its ``job_id``, prefab, version, function and worker,
 the prefab's own ``logging`` and its ``print`` output included (captured as log lines of the
-``prefab.<id>`` logger). The end is read back from the job's record in Redis, which the append
-script wrote with the terminal event, so the line says what callers see, whoever ended the job.
+``prefab.<id>`` logger). The end is what callers see: the status this run's own terminal event
+gave the job when it closed it (``duration_s`` is then the run's, as the horse measured it), else
+what the job's record in Redis says, whoever ended the job (a cancel, a limit).
 """
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
 
-from factory.jobs import InvocationRequest, JobRecord
+from factory.jobs import InvocationRequest, JobRecord, JobStatus
 from factory.logs import job_context
 from factory.store import keys
 
@@ -25,6 +27,8 @@ class RunOutcome:
     """Set by the caller inside the block: did the run end with a retry (another attempt follows)."""
 
     retrying: bool = False
+    closed_as: JobStatus | None = None  # the status the run's own terminal event gave the job
+    error_code: str | None = None  # that event's code, when it was an error
 
 
 def _ended(client: redis.Redis, job_id: str) -> JobRecord | None:
@@ -48,25 +52,29 @@ def logged_run(client: redis.Redis, request: InvocationRequest, attempt: int, wo
     outcome = RunOutcome()
     with job_context(request.job_id, **fields):
         logger.info("job started", extra={"event": "started"})
+        began = time.monotonic()
         try:
             yield outcome
         finally:
-            _log_end(client, request.job_id, outcome)
+            _log_end(client, request.job_id, outcome, time.monotonic() - began)
 
 
-def _log_end(client: redis.Redis, job_id: str, outcome: RunOutcome) -> None:
-    record = _ended(client, job_id)
+def _log_end(client: redis.Redis, job_id: str, outcome: RunOutcome, ran_s: float) -> None:
     if outcome.retrying:
         logger.info("job retried", extra={"event": "retried"})
-    elif record is None or not record.status.is_final:
+        return
+    if outcome.closed_as is not None:  # no read back: this run wrote the end itself
+        _log_ended(outcome.closed_as, outcome.error_code, round(ran_s, 3))
+        return
+    record = _ended(client, job_id)
+    if record is None or not record.status.is_final:
         logger.warning("job run ended with the job still open", extra={"event": "open"})
     else:
         began = record.started_ms or record.created_ms
         duration_s = round(((record.ended_ms or began) - began) / 1000, 3)
-        extra = {
-            "event": "ended",
-            "outcome": record.status.value,
-            "error_code": record.error.code if record.error else None,
-            "duration_s": duration_s,
-        }
-        logger.info("job ended: %s in %.3f s", record.status.value, duration_s, extra=extra)
+        _log_ended(record.status, record.error.code if record.error else None, duration_s)
+
+
+def _log_ended(status: JobStatus, error_code: str | None, duration_s: float) -> None:
+    extra = {"event": "ended", "outcome": status.value, "error_code": error_code, "duration_s": duration_s}
+    logger.info("job ended: %s in %.3f s", status.value, duration_s, extra=extra)

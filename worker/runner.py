@@ -97,6 +97,7 @@ class WorkerRuntime:
 class RunReport:
     outcome: RunOutcome  # one the horse reports (``RunOutcome.reported``)
     error_code: str | None = None  # the code of the run's terminal ``error`` (or of the retry's cause)
+    closed_as: JobStatus | None = None  # the status this run's own terminal event gave the job (None: not it)
 
 
 class _Stop(Exception):
@@ -156,15 +157,17 @@ class InvocationRunner:
         finally:
             # Removed before the terminal event, so a caller who sees the job end never finds it.
             self.workspace.remove(self.runtime.spare_workspace)
+        closed_as = None
         if end is not None and not publisher.ended.is_set():
-            self._finish(publisher, claim, end)
+            closed_as = self._finish(publisher, claim, end)
         code = decode(end.event).error_code if end is not None else None
         if isinstance(publisher.failure, PublisherUnavailable):
             return RunReport(self._end_unavailable(claim, publisher.last_seq), REDIS_UNAVAILABLE)
         if publisher.failure is not None:
             logger.error("job's events could not all be written: %s", publisher.failure)
             return RunReport(RunOutcome.EVENTS_UNWRITTEN, code)
-        return RunReport(self._outcome_of(publisher.final, end is not None and _will_retry(end, claim)), code)
+        outcome = self._outcome_of(publisher.final, end is not None and _will_retry(end, claim))
+        return RunReport(outcome, code, closed_as)
 
     @staticmethod
     def _outcome_of(final: AppendResult | None, retrying: bool) -> RunOutcome:
@@ -174,17 +177,21 @@ class InvocationRunner:
             return RunOutcome.RETRY_WRITTEN
         return RunOutcome.of_append(final.outcome)
 
-    def _finish(self, publisher: EventPublisher, claim: executions.Claim, end: _End) -> None:
-        """Write the last event: the terminal one, or ``retry`` when another attempt follows."""
+    def _finish(self, publisher: EventPublisher, claim: executions.Claim, end: _End) -> JobStatus | None:
+        """Write the last event: the terminal one, or ``retry`` when another attempt follows; the
+        status the job was closed with, when this terminal event closed it."""
         if not _will_retry(end, claim):
-            publisher.finish(end.event, _terminal_for(end.event))
-            return
+            final = publisher.finish(end.event, _terminal_for(end.event))
+            if final is None or final.outcome is not Outcome.APPENDED:
+                return None
+            return JobStatus(terminal_status(decode(end.event)))
         error = decode(end.event)
         reason = error.data if isinstance(error.data, str) else orjson.dumps(error.data).decode()
         code = error.error_code or UNEXPECTED_ERROR
         event = retry_event(claim.attempt + 1, claim.max_attempts, code, reason)
         publisher.finish(event, retry_fields(claim.token, claim.attempt + 1), Mode.RETRY)
         logger.warning("attempt %d of %d failed (%s); retrying", claim.attempt, claim.max_attempts, code)
+        return None
 
     def _end_unavailable(self, claim: executions.Claim, last_seq: int) -> RunOutcome:
         """End the job with ``REDIS_UNAVAILABLE``, waiting as long as it takes for Redis to answer."""
