@@ -570,3 +570,37 @@ def test_state_folder_inside_a_read_only_mount_is_hidden(tmp_path: Path) -> None
     hidden = args.index("--tmpfs", args.index("--ro-bind", args.index(str(code)) - 1))
     assert args[hidden + 1] == str(state)  # an empty tmpfs over the state folder, after the code's mount
     assert args.index(str(state / "work")) > hidden  # then the workspaces alone, writable
+
+
+def test_outputs_are_opened_without_following_a_link_anywhere_on_their_path(tmp_path: Path) -> None:
+    """A prefab's process may still run while the worker (root) collects its outputs: a folder of
+    data/outputs swapped for a link to elsewhere after the listing must not lead the open there."""
+    from worker.workspace import open_beneath
+
+    workspace = tmp_path / "job"
+    outputs = workspace / "data" / "outputs"
+    (outputs / "report").mkdir(parents=True)
+    (outputs / "report" / "out.txt").write_text("mine")
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    (secret / "out.txt").write_text("the machine's")
+
+    fd = open_beneath(workspace, Path("data/outputs/report/out.txt"))
+    with os.fdopen(fd) as opened:
+        assert opened.read() == "mine"
+
+    shutil.rmtree(outputs / "report")
+    (outputs / "report").symlink_to(secret)  # the swap, between the listing and the open
+    with pytest.raises(OSError):
+        open_beneath(workspace, Path("data/outputs/report/out.txt"))
+    (outputs / "link.txt").symlink_to(secret / "out.txt")
+    with pytest.raises(OSError):
+        open_beneath(workspace, Path("data/outputs/link.txt"))
+    shutil.rmtree(workspace / "data")
+    (workspace / "data").symlink_to(tmp_path)  # higher up too
+    with pytest.raises(OSError):
+        open_beneath(workspace, Path("data/elsewhere/out.txt"))
+    (workspace / "pipe").parent.mkdir(exist_ok=True)
+    os.mkfifo(workspace / "pipe")
+    with pytest.raises(OSError):  # refused, not waited on
+        open_beneath(workspace, Path("pipe"))

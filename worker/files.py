@@ -9,7 +9,8 @@ execution: only the execution that owns the job records files, and only while th
 
 Safety: names never come from a caller unsanitised; a symlink or any other non-regular entry
 in ``data/outputs/`` fails the job (``OUTPUT_FILE_ERROR``) instead of being followed, and
-outputs are opened with ``O_NOFOLLOW``. Limits: ``max_file_bytes`` per file and
+outputs are opened without following a link anywhere on their path (``worker.workspace.open_beneath``:
+a prefab's process may still run while they are collected). Limits: ``max_file_bytes`` per file and
 ``max_job_file_bytes`` for the inputs of a job and, separately, for its outputs.
 """
 
@@ -37,7 +38,7 @@ from factory.storage import Storage, StorageError
 from factory.store import keys
 from factory.store.scripts import RECORD_FILES_LUA
 from worker.fetch import FetchFailed, InputFetcher, TooLarge
-from worker.workspace import Workspace
+from worker.workspace import Workspace, open_beneath
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class FileBridge:
             location = output_location(request.job_id, name)
             content_type = content_type_for(name)
             try:
-                size = self._put(location, path, content_type)
+                size = self._put(location, workspace, path, content_type)
             except (OSError, StorageError) as exc:
                 logger.warning("storing output %s failed: %s", name, exc)
                 raise FileError(OUTPUT_FILE_ERROR, f"output file {name} could not be stored: {exc}") from exc
@@ -144,9 +145,11 @@ class FileBridge:
             return None  # the job ended meanwhile (its stream is closed) or passed to another execution
         return orjson.dumps({"type": "files", "data": files})
 
-    def _put(self, location: str, path: Path, content_type: str) -> int:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    def _put(self, location: str, workspace: Workspace, path: Path, content_type: str) -> int:
+        fd = open_beneath(workspace.path, path.relative_to(workspace.path))
         with os.fdopen(fd, "rb") as source:
             size = os.fstat(fd).st_size
+            if size > self.settings.max_file_bytes:  # it grew since it was listed
+                raise FileError(OUTPUT_FILE_ERROR, f"{path.name} exceeds {self.settings.max_file_bytes} bytes per file")
             self.storage.put(location, source, content_type)
         return size

@@ -12,9 +12,35 @@ each. Anything else is removed the general way.
 
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
+
+
+def open_beneath(root: Path, relative: PurePath) -> int:
+    """A descriptor of the regular file at ``relative`` under ``root``, reached without following any
+    symbolic link: each directory is opened from the one before it with ``O_NOFOLLOW``.
+
+    The worker opens a job's outputs as root while the prefab's processes may still run (a runner
+    outlives its jobs): checking the path first and opening it after would let one swap a folder
+    for a link to any file of the machine in between. Raises :class:`OSError` for a link anywhere
+    on the way, or an entry that is not a regular file (a FIFO is not waited on).
+    """
+    *folders, name = relative.parts
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for folder in folders:
+            inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        found = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(found).st_mode):
+        os.close(found)
+        raise OSError(f"{relative} is not a regular file")
+    return found
 
 
 def spare_workspace(root: Path, horse_pid: int) -> Path:
