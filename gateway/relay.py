@@ -6,7 +6,8 @@ before it reads the log, so every event is in the log it reads or arrives on the
 after; the overlap is dropped by ``seq``. A reader may be handed a first page read before its
 subscription was confirmed (``GET /jobs/{id}/events`` reads it with the job's record, so a job's
 first events cost one round trip): it sends that page, then waits for the confirmation and reads
-the log again from where the page ended, so the rule above still holds for everything after.
+the log again from where the page ended, so the rule above still holds for everything after (a
+page that holds the terminal event needs no subscription at all).
 The log is the truth and the channel only a fast path: a reader that sees a gap, falls too far
 behind (its buffer overflowed because its client reads slowly) or hears nothing for a while
 reads the log again from its last ``seq``.
@@ -85,6 +86,11 @@ def pack_writes(frames: list[bytes]) -> list[bytes]:
 
 def _is_terminal(raw: bytes) -> bool:
     return bool(orjson.loads(raw).get("type") in TERMINAL_TYPES)
+
+
+def ends_stream(log_tail: list[bytes]) -> bool:
+    """Whether these last events of a log (the terminal event is always a log's last) end its stream."""
+    return bool(log_tail) and _is_terminal(log_tail[-1])
 
 
 @dataclass

@@ -131,6 +131,11 @@ class RelayHub:
             await self.confirmation(subscriber)
         return subscriber
 
+    def detached(self, job_id: str) -> Subscriber:
+        """A mailbox on no channel, for a reader that has read its stream's end already: nothing is
+        subscribed, and unsubscribing it changes nothing."""
+        return Subscriber(keys.events_channel(job_id), self._buffer)
+
     async def confirmation(self, subscriber: Subscriber) -> None:
         """Wait until Redis confirmed the subscriber's channel (:class:`TimeoutError` past
         :data:`SUBSCRIBE_TIMEOUT_S`, and the subscriber leaves)."""

@@ -22,9 +22,8 @@ whose Redis stayed away with a comment.
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import aclosing, suppress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from contextlib import aclosing
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -33,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 from factory.errors import ServiceUnavailable
 from gateway.connection import hooks_of
 from gateway.deps import GatewayState
-from gateway.relay import EventStream, ReaderLimits
+from gateway.relay import EventStream, ReaderLimits, ends_stream
 from gateway.relay_hub import Subscriber
 
 # Tell EventSource clients how soon to reconnect after a drop (milliseconds).
@@ -173,54 +172,33 @@ def check_capacity(state: GatewayState, job_id: str) -> None:
 
 
 async def open_stream(
-    state: GatewayState, job_id: str, last_seq: int, headers: dict[str, str], *, checked: bool = False
+    state: GatewayState,
+    job_id: str,
+    last_seq: int,
+    headers: dict[str, str],
+    *,
+    checked: bool = False,
+    read_ahead: list[bytes] | None = None,
 ) -> RelayResponse:
     """Subscribe now (so nothing published from here on is missed) and return the stream.
 
     ``checked``: the caller ran :func:`check_capacity` already (before enqueueing a job whose
     only reader this is, so a refusal never leaves a job nobody knows the id of).
+
+    ``read_ahead``: the log after ``last_seq`` as far as the caller read it already (with the
+    job's record). Those events go out without waiting for the subscription's confirmation; the
+    stream then waits for it and reads the log again from there (``gateway.relay``). When they
+    end the stream (a job that ended), nothing is subscribed at all: the stream is one write.
     """
     if not checked:
         check_capacity(state, job_id)
-    return _response(state, job_id, last_seq, await state.hub.subscribe(job_id), headers)
-
-
-@dataclass(frozen=True)
-class StreamFrom:
-    """Where a reader's stream starts: after ``last_seq``, with the log after it as far as already read."""
-
-    last_seq: int
-    read_ahead: list[bytes]
-
-
-async def open_stream_with_lookup(
-    state: GatewayState, job_id: str, headers: dict[str, str], lookup: Callable[[], Awaitable[StreamFrom | Response]]
-) -> Response:
-    """:func:`open_stream`, subscribing while ``lookup`` runs: their round trips overlap, and the
-    events ``lookup`` read go out without waiting for the subscription's confirmation.
-
-    ``lookup`` gives where the stream starts, or the response to answer instead of a stream (the
-    subscription is then dropped). Nothing is missed either way: once the events read ahead are
-    sent, the stream waits for the confirmation and reads the log again from there
-    (``gateway.relay``).
-    """
-    check_capacity(state, job_id)
-    subscribing = asyncio.ensure_future(state.hub.subscribe(job_id, wait=False))
-    try:
-        start = await lookup()
-    except BaseException:
-        await _drop(state, subscribing)
-        raise
-    if isinstance(start, Response):
-        await _drop(state, subscribing)
-        return start
-    return _response(state, job_id, start.last_seq, await subscribing, headers, start.read_ahead)
-
-
-async def _drop(state: GatewayState, subscribing: "asyncio.Future[Subscriber]") -> None:
-    # Awaited, not cancelled: a subscribe cut mid-command would cost the hub its connection.
-    with suppress(Exception):
-        await state.hub.unsubscribe(await subscribing)
+    if read_ahead is None:
+        subscriber = await state.hub.subscribe(job_id)
+    elif ends_stream(read_ahead):
+        subscriber = state.hub.detached(job_id)
+    else:
+        subscriber = await state.hub.subscribe(job_id, wait=False)
+    return _response(state, job_id, last_seq, subscriber, headers, read_ahead)
 
 
 def _response(

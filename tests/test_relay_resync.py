@@ -16,10 +16,13 @@ from typing import Any
 import orjson
 import redis
 import redis.asyncio as aioredis
+from fastapi.testclient import TestClient
 
+from factory.settings import Settings
 from factory.store import keys
 from factory.store.eventlog import append_args, append_keys
 from factory.store.scripts import APPEND_LUA
+from gateway.app import create_app
 from gateway.relay import FIRST_PAGE, EventStream, ReaderLimits
 from gateway.relay_hub import RelayHub, Subscriber
 from tests.job_log_kit import event, log_of, log_reads, new_job
@@ -338,3 +341,21 @@ def test_events_read_ahead_go_out_before_the_confirmation_and_the_log_is_read_af
             await reader.close()
 
     run(scenario)
+
+
+def test_a_reader_of_an_ended_job_reads_it_in_one_round_trip_and_subscribes_to_nothing(settings: Settings) -> None:
+    """``GET /jobs/{id}/events`` reads the log's first page with the job's record: when that page holds
+    the end, the stream is that one read, with no subscription and no second read."""
+    admin = redis.Redis.from_url(settings.redis_url)
+
+    def calls(command: str) -> int:
+        return int(admin.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    with TestClient(create_app(settings)) as client:
+        job_id = client.post("/invoke", json={"function_name": "typed", "inputs": {"text": "a"}}).json()["job_id"]
+        assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "canceled"
+        subscribes, reads = calls("subscribe"), log_reads(admin)
+        response = client.get(f"/jobs/{job_id}/events")
+        assert response.status_code == 200
+        assert [orjson.loads(data)["type"] for _, data in parse([response.content.partition(b"\n\n")[2]])] == ["error"]
+        assert calls("subscribe") == subscribes and log_reads(admin) == reads + 1
