@@ -22,11 +22,11 @@ The last batch of an execution either ends the job (terminal) or hands it to its
 """
 
 import logging
-import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis
@@ -56,6 +56,50 @@ class _Terminal:
     mode: Mode = Mode.TERMINAL
 
 
+class _Pending:
+    """The events waiting for the publisher's thread: a producer adds many under one lock, the
+    thread takes up to a batch under one; adding waits while ``limit`` wait (a message of events
+    is added whole, so the bound is exceeded by one message at most). Once closed, it holds nothing."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[bytes | _Terminal] = deque()
+        self._cond = threading.Condition()
+        self._limit = limit
+        self._closed = False
+
+    def put(self, items: Iterable[bytes | _Terminal]) -> None:
+        with self._cond:
+            while len(self._items) >= self._limit and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return
+            was_empty = not self._items
+            self._items.extend(items)
+            if was_empty:
+                self._cond.notify_all()
+
+    def take(self, most: int) -> list[bytes | _Terminal]:
+        """At least one item (waiting for it), at most ``most``, in order."""
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            items = self._items
+            if len(items) <= most:
+                batch = list(items)
+                items.clear()
+            else:
+                batch = [items.popleft() for _ in range(most)]
+            self._cond.notify_all()  # room again for a producer waiting on the bound
+            return batch
+
+    def close(self) -> None:
+        """Drop what waits and refuse more, so a producer waiting on the bound wakes up."""
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+
 class EventPublisher:
     """Appends and publishes one job's events, batching behind in-flight writes."""
 
@@ -76,7 +120,7 @@ class EventPublisher:
         self._max_events = max_events
         self._retention_s = retention_s
         self._redis_outage_s = redis_outage_s
-        self._queue: queue.Queue[bytes | _Terminal] = queue.Queue(QUEUE_SIZE)
+        self._queue = _Pending(QUEUE_SIZE)
         self._batch_prefix = uuid.uuid4().hex[:12]
         self._batches = 0
         self.ended = threading.Event()
@@ -87,14 +131,20 @@ class EventPublisher:
 
     def publish(self, event: bytes) -> None:
         """Write the job's first event at once; queue each later one (blocks while the queue is full)."""
-        if self.ended.is_set():
+        self.publish_many([event])
+
+    def publish_many(self, events: list[bytes]) -> None:
+        """:meth:`publish` of several events in order, queued under one lock."""
+        if self.ended.is_set() or not events:
             return  # the log closed (or the publisher stopped): the caller sees ``ended`` and stops
         if self._thread.ident is None:
             if self._batches == 0:  # nothing in flight to batch behind: no thread start or hand-off for it
-                self._guarded(lambda: self._send([event]))
-                return
+                first, events = events[0], events[1:]
+                self._guarded(lambda: self._send([first]))
+                if not events or self.ended.is_set():
+                    return
             self._thread.start()
-        self._queue.put(event)
+        self._queue.put(events)
 
     def finish(self, event: bytes, fields: dict[str, bytes], mode: Mode = Mode.TERMINAL) -> AppendResult | None:
         """Queue the last event (terminal, or ``retry`` with ``Mode.RETRY``), wait until all is written; its outcome.
@@ -103,7 +153,7 @@ class EventPublisher:
         """
         if self.ended.is_set():
             return self.final
-        self._queue.put(_Terminal(event, fields, mode))
+        self._queue.put([_Terminal(event, fields, mode)])
         if self._thread.ident is None:
             self._run()  # nothing was published before: no thread to hand it to
         else:
@@ -114,14 +164,8 @@ class EventPublisher:
         self._guarded(self._write_queued)
 
     def _write_queued(self) -> bool:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < MAX_BATCH and not isinstance(batch[-1], _Terminal):
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if self._send(batch):
+        while True:  # nothing is queued after a terminal: a batch holds one only as its last
+            if self._send(self._queue.take(MAX_BATCH)):
                 return True
 
     def _guarded(self, write: Callable[[], bool]) -> None:
@@ -183,8 +227,4 @@ class EventPublisher:
 
     def _drain(self) -> None:
         """Discard anything queued after the log closed, so a blocked producer wakes up."""
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
+        self._queue.close()

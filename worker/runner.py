@@ -324,17 +324,21 @@ class InvocationRunner:
             tag, body = message[:1], message[1:]
             if tag != b"E":
                 return self._ended_by(runner, tag, body)
+            accepted: list[bytes] = []  # published together: one hand-off per message, not per event
             for line in body.split(b"\n"):
                 try:
                     event_type, raw = accept_encoded(line)
                     if len(raw) > max_bytes:
                         raise InvalidEvent(f"event of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
                 except InvalidEvent as exc:
+                    publisher.publish_many(accepted)
                     return _error(INVALID_EVENT, str(exc))
                 if is_terminal(event_type):
+                    publisher.publish_many(accepted)
                     self._drain(runner)
                     return _End(raw)
-                publisher.publish(raw)
+                accepted.append(raw)
+            publisher.publish_many(accepted)
 
     def _drain(self, runner: Runner) -> None:
         """Read the runner's end of a job that yielded its terminal event (it closes the generator)."""
