@@ -62,7 +62,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 # Each on-CPU stack goes to the first step with a frame matching one of its patterns.
 GATEWAY_STEPS: list[tuple[str, tuple[str, ...]]] = [
-    ("POST: enqueue (RQ job, MULTI)", ("JobService.submit", "factory/enqueue.py", "_enqueue (gateway")),
+    ("POST: enqueue (RQ job, one script)", ("JobService.submit", "factory/enqueue.py", "_enqueue (gateway")),
     ("POST: validate, resolve the function", ("_prepare (gateway", "JobService.prepare")),
     ("POST: 202 body (URLs, token, JSON)", ("_accepted (gateway",)),
     ("GET: job lookup", ("JobService.get",)),
