@@ -198,17 +198,6 @@ async def open_stream(
         subscriber = state.hub.detached(job_id)
     else:
         subscriber = await state.hub.subscribe(job_id, wait=False)
-    return _response(state, job_id, last_seq, subscriber, headers, read_ahead)
-
-
-def _response(
-    state: GatewayState,
-    job_id: str,
-    last_seq: int,
-    subscriber: Subscriber,
-    headers: dict[str, str],
-    read_ahead: list[bytes] | None = None,
-) -> RelayResponse:
     settings = state.settings
     if last_seq > 0:
         state.metrics.resumes.inc()
