@@ -35,8 +35,10 @@ async def get_job(job_id: str, state: StateDep) -> JobView:
     return JobView.from_record(record, last_event_id)
 
 
-# ASCII digits only, and few enough for int(): str.isdigit() also accepts "²", which int() refuses.
+# ASCII digits only, and few enough for int() and for Redis's list indexes (signed 64-bit):
+# str.isdigit() also accepts "²", which int() refuses. The query form has the same bound.
 _SEQ = re.compile(r"[0-9]{1,18}")
+MAX_SEQ = 10**18 - 1
 
 
 def _last_seq(header: str | None, query: int | None) -> int:
@@ -61,7 +63,7 @@ async def job_events(
     job_id: str,
     state: StateDep,
     last_event_id: Annotated[str | None, Header()] = None,
-    last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0)] = None,
+    last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0, le=MAX_SEQ)] = None,
 ) -> Response:
     """SSE: the log after ``Last-Event-ID`` (or from the start), then live, to the terminal event."""
     last_seq = _last_seq(last_event_id, last_event_id_query)

@@ -263,6 +263,9 @@ def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient) -> N
     for header in ("abc", "-1", "²", "9" * 5000):
         response = client.get(f"/jobs/{'0' * 32}/events", headers={"Last-Event-ID": header.encode("latin-1")})
         assert_error(response, 400, "BAD_REQUEST")
+    # Beyond any seq a Redis list can index (the log is read with the record): refused, never a 500.
+    response = client.get(f"/jobs/{'0' * 32}/events", params={"last_event_id": "9" * 23})
+    assert_error(response, 422, "VALIDATION_ERROR")
 
 
 def test_defaults_reach_the_function(make_stack: Stack) -> None:
