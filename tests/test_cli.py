@@ -436,6 +436,7 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> Non
         time.sleep(0.05)
 
 
+@pytest.mark.churn
 def test_supervisor_restarts_a_dead_worker_and_stops_everything(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()

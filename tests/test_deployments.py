@@ -26,6 +26,8 @@ from tests.prefab_wheels import build_package_wheels
 from tests.stack import ENV_DIR, Stack, deployment_of, events_url, invoke, read_events, runner_pids, wait_status
 from tests.webhook_receiver import webhook_receiver
 
+pytestmark = pytest.mark.churn
+
 VERSION_MAIN = '''
 import importlib.metadata
 

@@ -39,7 +39,7 @@ from tests.stack import (
 )
 from worker.endwatch import EndWatch
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.churn]
 
 
 def call(gateway: Gateway, function_name: str, **inputs: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from tests.stack import (
     wait_status,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.churn]
 
 # Fast heartbeats so a lost worker is noticed in seconds (the defaults are 5 s and 30 s).
 FAST_LOSS = {"FACTORY_WORKER_HEARTBEAT_S": "1", "FACTORY_WORKER_LOST_AFTER_S": "3"}

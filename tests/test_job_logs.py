@@ -68,6 +68,7 @@ def test_every_transition_is_one_line_with_the_jobs_fields(make_stack: Stack) ->
     assert "printed hello" not in worker.log().replace('"printed hello"', "")  # never a raw, untagged line
 
 
+@pytest.mark.churn
 def test_a_retried_job_logs_each_attempt_then_its_end(make_stack: Stack) -> None:
     gateway = make_stack.start_gateway()
     worker = make_stack.start_worker()

@@ -12,6 +12,8 @@ import redis
 from tests.stack import Stack, invoke, read_events, wait_status
 from tests.test_faults import FAST_LOSS, kill_machine
 
+pytestmark = pytest.mark.churn
+
 # Shared keys with a constant name that RQ or the factory may keep while idle (none is per job).
 # Factory-wide keys, not any job's: RQ's queue set, the job statistics (counters that outlive every
 # process, by design), and the lost-job reaper's lock (re-taken every heartbeat while a process runs).

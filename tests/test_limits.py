@@ -96,6 +96,7 @@ def test_body_limit_over_a_real_socket(make_stack: Stack) -> None:
     assert httpx.post(f"{gateway.url}/invoke", json=GOOD).status_code == 202
 
 
+@pytest.mark.churn
 @pytest.mark.e2e
 def test_retention_after_a_finished_job(make_stack: Stack) -> None:
     make_stack.env["FACTORY_RETENTION_S"] = "1"

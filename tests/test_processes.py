@@ -13,6 +13,8 @@ import redis
 from factory_cli import processes
 from tests.stack import Stack
 
+pytestmark = pytest.mark.churn
+
 # A parent that starts a child leading a process group of its own (as a worker starts a work horse),
 # writes the child's pid, then sleeps; it ignores SIGTERM when told to.
 PARENT = """

@@ -12,6 +12,8 @@ import pytest
 
 from tests.stack import Gateway, Stack, invoke, wait_status
 
+pytestmark = pytest.mark.churn
+
 EVENTS = 50_000
 PAYLOAD = "x" * 1000  # ~1.1 KB an event: a ~55 MB log
 READERS = 10  # late ones and slow ones each

@@ -32,6 +32,8 @@ from worker.provision import runner_spec
 from worker.runners import Runner
 from worker.sandbox import MountPlan, mount_args
 
+pytestmark = pytest.mark.churn
+
 PASSWORD = "not-for-prefabs-7c1f"
 MAX_PROCESSES = 48
 MAX_OPEN_FILES = 256

@@ -40,6 +40,7 @@ def test_a_reader_too_slow_to_read_is_cut_with_a_clean_end(make_stack: Stack) ->
     assert_no_error_logged(gateway)
 
 
+@pytest.mark.churn
 @pytest.mark.e2e
 def test_a_stream_outliving_a_redis_outage_ends_cleanly(restartable: tuple[RestartableRedis, Stack]) -> None:  # noqa: F811
     server, stack = restartable

@@ -234,6 +234,7 @@ def test_each_job_runs_in_its_own_workspace(gateway: Gateway, shared_stack: Stac
     assert not Path(report["cwd"]).exists()
 
 
+@pytest.mark.churn
 def test_cancel_running_job_stops_it_within_a_second(make_stack: Stack) -> None:
     """Measured where the job runs: the prefab's process is gone within a second of the cancel."""
     gateway = make_stack.start_gateway()

@@ -16,7 +16,7 @@ from factory_cli.embedded_redis import free_port
 from factory_cli.processes import descendants, start_time
 from tests.stack import ROOT, parse_frames
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.churn]
 
 
 def family_of(pid: int) -> set[int]:

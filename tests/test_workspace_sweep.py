@@ -15,6 +15,8 @@ from factory.retention import WORKSPACE_GRACE_S, sweep_workspaces
 from tests.stack import Stack, invoke, read_events, wait_status
 from tests.test_faults import FAST_LOSS, kill_machine
 
+pytestmark = pytest.mark.churn
+
 
 def test_a_dead_horses_spare_goes_and_a_live_ones_stays(tmp_path: Path, redis_url: str) -> None:
     work = tmp_path / "work"
