@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from contextlib import suppress
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -58,10 +57,18 @@ class CatalogView:
             self.on_change(self.current)
 
     async def follow(self) -> None:
-        """Reload on every change of the catalog, until cancelled."""
+        """Reload on every change of the catalog, until cancelled.
+
+        A cancel that lands in a Redis read can come out as a timeout (``TimeoutError`` is an
+        ``OSError``): the task's pending cancel is checked, so a shutdown never waits on this loop.
+        """
+        task = asyncio.current_task()
         while True:
-            with suppress(RedisError, OSError):
+            try:
                 await self.refresh()
+            except (RedisError, OSError):
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
             await asyncio.sleep(POLL_S)
 
     async def resolve(self, prefab_id: str | None, function_name: str, version: str | None) -> Target:
