@@ -9,7 +9,7 @@ everything is handed to routes through lifespan state.
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
@@ -38,6 +38,19 @@ from gateway.v1.deps import open_ecosystem
 from gateway.v1.router import ecosystem_router
 
 logger = logging.getLogger(__name__)
+
+# Each step of the shutdown is bounded: a step that never ends (a task whose cancel a library
+# swallowed) must not keep the process from exiting; it is logged instead.
+SHUTDOWN_STEP_S = 5.0
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    try:
+        async with asyncio.timeout(SHUTDOWN_STEP_S):
+            await step
+    except TimeoutError:
+        logger.warning("%s did not end within %g s", what, SHUTDOWN_STEP_S)
+
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]
 
@@ -96,10 +109,12 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         finally:
             for chore in chores:
                 chore.cancel()
-                with suppress(asyncio.CancelledError):
-                    await chore
-            await hub.close()
-            await client.aclose(close_connection_pool=True)  # the pool was passed in: not closed by default
+            _, stuck = await asyncio.wait(chores, timeout=SHUTDOWN_STEP_S)
+            for chore in stuck:
+                logger.warning("background task %s did not stop within %g s", chore.get_name(), SHUTDOWN_STEP_S)
+            await _bounded(hub.close(), "the relay hub's close")
+            # The pool was passed in: not closed by default.
+            await _bounded(client.aclose(close_connection_pool=True), "the Redis client's close")
             sync_client.close()
 
     return lifespan

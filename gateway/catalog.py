@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -59,16 +60,16 @@ class CatalogView:
     async def follow(self) -> None:
         """Reload on every change of the catalog, until cancelled.
 
-        A cancel that lands in a Redis read can come out as a timeout (``TimeoutError`` is an
-        ``OSError``): the task's pending cancel is checked, so a shutdown never waits on this loop.
+        A cancel that lands in a Redis read can be swallowed there (some redis-py releases do, or
+        turn it into a timeout, an ``OSError``): the task's pending cancel is checked after each
+        reload, so a shutdown never waits on this loop.
         """
         task = asyncio.current_task()
         while True:
-            try:
+            with suppress(RedisError, OSError):
                 await self.refresh()
-            except (RedisError, OSError):
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from None
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(POLL_S)
 
     async def resolve(self, prefab_id: str | None, function_name: str, version: str | None) -> Target:
