@@ -4,7 +4,8 @@ The scripts are the factory's state machine: each is one atomic step on a job's 
 ``keys.job_key``), its log, its channel, its files, the running set, and RQ's view of the same job
 (its hash, queue and registries, and the worker's hash). The Python that builds their arguments
 lives beside its owner: ``factory.store.eventlog`` (append, claim), ``factory.store.rqview`` (RQ's
-side), ``worker.rqjobs`` (take), ``worker.files`` (the record of output files).
+side), ``worker.rqjobs`` (take), ``worker.files`` (the record of output files), ``factory.enqueue``
+(a job's creation).
 
 Fencing: every write of an execution (an attempt of a job) carries its token, and a script refuses
 it once the record's ``execution`` field names another (the attempt was declared lost and retried,
