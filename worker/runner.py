@@ -112,13 +112,15 @@ class _End:
     retryable: bool = False
 
 
-def _terminal_for(raw: bytes) -> dict[str, bytes]:
+def _terminal_for(raw: bytes) -> tuple[JobStatus, dict[str, bytes]]:
+    """The status a terminal event gives its job, and the record fields it writes."""
     event = decode(raw)
     status = JobStatus(terminal_status(event))
     if event.type == "done":
-        return terminal_fields(status, now_ms(), event.data, None)
+        return status, terminal_fields(status, now_ms(), event.data, None)
     message = event.data if isinstance(event.data, str) else orjson.dumps(event.data).decode()
-    return terminal_fields(status, now_ms(), None, ErrorInfo(code=event.error_code or "ERROR", message=message))
+    error = ErrorInfo(code=event.error_code or "ERROR", message=message)
+    return status, terminal_fields(status, now_ms(), None, error)
 
 
 def _will_retry(end: _End, claim: executions.Claim) -> bool:
@@ -181,10 +183,9 @@ class InvocationRunner:
         """Write the last event: the terminal one, or ``retry`` when another attempt follows; the
         status the job was closed with, when this terminal event closed it."""
         if not _will_retry(end, claim):
-            final = publisher.finish(end.event, _terminal_for(end.event))
-            if final is None or final.outcome is not Outcome.APPENDED:
-                return None
-            return JobStatus(terminal_status(decode(end.event)))
+            status, fields = _terminal_for(end.event)
+            final = publisher.finish(end.event, fields)
+            return status if final is not None and final.outcome is Outcome.APPENDED else None
         error = decode(end.event)
         reason = error.data if isinstance(error.data, str) else orjson.dumps(error.data).decode()
         code = error.error_code or UNEXPECTED_ERROR
