@@ -102,18 +102,21 @@ class RelayResponse(Response):
         metrics.streams_open.inc()
         slow = False
         try:
+            # The reconnection delay goes out with the first write: a first event already read (the
+            # read-ahead) leaves in the same write as the stream's first bytes.
+            first = b"retry: %d\n\n" % RETRY_MS
             async with aclosing(self.stream.frames(self.subscriber)) as frames:
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS, "more_body": True})
                 async for chunk in frames:
                     if self.stream.closing:
                         break
                     try:
                         async with asyncio.timeout(self.send_timeout_s):
-                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                            await send({"type": "http.response.body", "body": first + chunk, "more_body": True})
                     except TimeoutError:
                         slow = True
                         break
+                    first = b""
                     metrics.frames_sent.inc(count_frames(chunk))
                     metrics.bytes_sent.inc(len(chunk))
             if slow:
@@ -124,7 +127,7 @@ class RelayResponse(Response):
                 )
                 await self._cut(scope, send)
             else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": first, "more_body": False})
         finally:
             metrics.streams_open.dec()
             if hooks is not None:

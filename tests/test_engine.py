@@ -179,6 +179,25 @@ def test_the_worker_loads_its_scripts_again_when_redis_lost_them(make_stack: Sta
     assert call(gateway, "whoami") and call(gateway, "whoami")
 
 
+def test_a_stopping_worker_that_waits_for_a_job_takes_none(make_stack: Stack, redis_url: str) -> None:
+    """SIGTERM while the worker waits on its doorbells, its next take queued behind the wait: it marks
+    itself stopping first, so a job enqueued then stays queued, for the next worker."""
+    client = redis.Redis.from_url(redis_url)
+    gateway = make_stack.start_gateway()
+    stopping = make_stack.start_worker()
+    first = invoke(gateway.url, "counter", {"count": 1})
+    name = wait_status(gateway.url, first, {"finished"})["worker"]  # its queue empty since: it waits
+    stopping.signal(signal.SIGTERM)
+    # A signal between two waits stops it with no mark: then it is gone before the job comes.
+    wait_until(lambda: client.exists(keys.worker_stop_key(name)) or stopping.popen.poll() is not None)
+    assert client.ttl(keys.worker_stop_key(name)) != -1  # the mark ends, as every key does
+    job_id = invoke(gateway.url, "counter", {"count": 1})  # its doorbell ends the wait; the take finds the mark
+    assert stopping.popen.wait(30) == 0
+    assert httpx.get(f"{gateway.url}/jobs/{job_id}", timeout=5).json()["status"] == "queued"
+    make_stack.start_worker()
+    assert wait_status(gateway.url, job_id, {"finished"})["worker"] != name
+
+
 # The worker's watch on its running job (``worker.endwatch``), against a real Redis: what it reports
 # is read from the job's record, so a cancel lands however the subscription and the cancel interleave.
 

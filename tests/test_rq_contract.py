@@ -7,6 +7,7 @@ here before it misleads an operator.
 """
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from rq import Queue, Worker, worker_registration
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import utcformat
 
 from factory.events import CANCELED, UNEXPECTED_ERROR, ErrorInfo
 from factory.jobs import JobStatus as FactoryStatus
@@ -25,7 +27,7 @@ from factory.settings import Settings
 from factory.store import fields, keys, rqview
 from factory.store.eventlog import append_args, append_keys, terminal_error_args
 from factory.store.executions import Claim
-from factory.store.scripts import APPEND_LUA
+from factory.store.scripts import APPEND_LUA, CLOCK_FUNCTIONS
 from tests.stack import enqueue_call
 from worker.rqjobs import RQJobs, Take
 
@@ -114,11 +116,18 @@ def test_rq_sees_a_started_job_and_its_real_end(client: redis.Redis, settings: S
     queue = _queue(client, settings)
     _beat(client, jobs.queues.names())
     ids = [enqueue_call(client, settings, "counter", {"count": 1}) for _ in range(2)]
+    before = datetime.now(UTC)
     take = _take(jobs, "t1")
+    after = datetime.now(UTC)
     assert take.job_id == ids[0]
 
     job = Job.fetch(ids[0], connection=client, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.STARTED and job.worker_name == WORKER and job.started_at is not None
+    # The take's times are Redis' clock, here the same machine's: within the round trip, to the ms.
+    slack = timedelta(milliseconds=1)
+    assert before - slack <= job.started_at.replace(tzinfo=UTC) <= after + slack
+    started_ms = int(client.hget(keys.job_key(ids[0]), fields.STARTED_MS) or 0)
+    assert before.timestamp() * 1000 - 1 <= started_ms <= after.timestamp() * 1000 + 1
     assert StartedJobRegistry(queue=queue).get_job_and_execution_ids() == [(ids[0], "t1")]
     worker = Worker.find_by_key(keys.rq_worker_key(WORKER), connection=client)
     assert worker is not None and worker.get_state() == "busy"
@@ -142,6 +151,28 @@ def test_rq_sees_a_started_job_and_its_real_end(client: redis.Redis, settings: S
     worker = Worker.find_by_key(keys.rq_worker_key(WORKER), connection=client)
     assert worker is not None and worker.get_state() == "idle"
     assert (worker.successful_job_count, worker.failed_job_count) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "1970-01-01T00:00:00.000000",
+        "1999-12-31T23:59:59.999999",
+        "2000-02-29T12:00:00.000001",
+        "2024-02-29T23:59:59.500000",
+        "2024-03-01T00:00:00.000000",
+        "2026-11-30T20:08:25.123456",
+        "2100-02-28T23:59:59.000000",
+        "2100-03-01T00:00:00.000000",
+    ],
+)
+def test_the_takes_clock_writes_rqs_timestamp_format(client: redis.Redis, moment: str) -> None:
+    """TAKE formats Redis' TIME as RQ does (``utcformat``), by a calendar of its own in Lua."""
+    when = datetime.fromisoformat(moment).replace(tzinfo=UTC)
+    seconds = int(when.timestamp())
+    lua = CLOCK_FUNCTIONS + "return rq_time(tonumber(ARGV[1]), tonumber(ARGV[2]))"
+    written = client.eval(lua, 0, seconds, when.microsecond)
+    assert written.decode() == utcformat(when)
 
 
 def test_rq_sees_a_queued_job_canceled(client: redis.Redis, settings: Settings, jobs: RQJobs) -> None:

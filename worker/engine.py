@@ -24,11 +24,14 @@ each job goes through three steps:
 
 An idle worker takes a job the same way (:meth:`Engine._take_or_wait`), off the first of its
 queues that has one (the deployments' builds, then one queue per prefab it serves, in turn;
-``worker.queues``), or blocks on its queues' doorbells for at most a second, to follow the
-catalog of deployments (its presence record, ``worker.presence``, tells the gateways), run the
-reaper every heartbeat and see a stop.
+``worker.queues``). Once a take found none, it blocks on its queues' doorbells for at most a
+second, to follow the catalog of deployments (its presence record, ``worker.presence``, tells the
+gateways), run the reaper every heartbeat and see a stop; its next take is sent behind that wait
+and runs in Redis when a doorbell rings, so a job enqueued to an idle worker is taken with no
+round trip of its own.
 
-SIGTERM or SIGINT: no new job, and the running one has ``shutdown_grace_s`` to finish; then its
+SIGTERM or SIGINT: no new job (a wait in progress marks the worker stopping first, so the take
+queued behind it takes nothing), and the running one has ``shutdown_grace_s`` to finish; then its
 horse is killed and the job is retried on another worker when it has attempts left, else ends
 with ``WORKER_SHUTDOWN``. A second signal does it at once. A signal, a horse's death and a
 message on the job's channel each wake the worker at once (signals through Python's wake-up
@@ -106,6 +109,7 @@ class Engine:
         self._next_reap_s = 0.0
         self._take_delay_s = 0.0
         self._next_catalog_s = 0.0
+        self._queues_empty = False  # the last take found no job: the next one waits for a doorbell first
         self._wake_r, self._wake_w = socket.socketpair()  # a signal's byte wakes the wait for the horse
         self.steps = Steps(stopping=lambda: self._signals > 0)
 
@@ -232,9 +236,7 @@ class Engine:
         if channel is not None:
             watched.append(channel)
         if self._wake_r in wait(watched, max(0.0, timeout_s)):
-            with suppress(BlockingIOError):
-                while self._wake_r.recv(512):
-                    pass
+            self._woken_to_stop()
 
     def _must_stop(self, now: float, kill_by: float, stop_by: float | None) -> RunOutcome | None:
         if self._stop_at is not None and now >= self._stop_at:
@@ -308,17 +310,19 @@ class Engine:
         return self._accept(take, token)
 
     def _take_or_wait(self) -> _Job | None:
-        """Take the next job of the served queues; with none, wait for a doorbell (at most :data:`IDLE_WAKE_S`)."""
+        """Take the next job of the served queues; when the last take found none, wait for a doorbell
+        first (at most :data:`IDLE_WAKE_S`), the take sent behind the wait."""
         if self._signals:
             return None
         token = uuid.uuid4().hex
         try:
             self._follow_catalog()
-            take = self._step(None, token)
-            if take is None:
-                self.jobs.wait(min(IDLE_WAKE_S, self.settings.worker_heartbeat_s))
-                return None
+            if self._queues_empty:
+                take = self._wait_and_take(token)
+            else:
+                take = self._step(None, token)
         except RETRYABLE as exc:
+            self._queues_empty = False  # Redis may have come back with jobs and no doorbell: look first
             self._take_delay_s = min(max(self._take_delay_s * 2, 0.1), 5.0)
             logger.warning("cannot reach Redis to take a job (%s); again in %.1f s", exc, self._take_delay_s)
             deadline = time.monotonic() + self._take_delay_s
@@ -327,6 +331,26 @@ class Engine:
             return None
         self._take_delay_s = 0.0
         return self._accept(take, token)
+
+    def _wait_and_take(self, token: str) -> Take | None:
+        timeout_s = min(IDLE_WAKE_S, self.settings.worker_heartbeat_s)
+        try:
+            take = self.jobs.wait_and_take(
+                token, self.settings.worker_lost_after_s, timeout_s, self._wake_r, self._woken_to_stop
+            )
+        except NoScriptError:
+            self.jobs.load_scripts()  # Redis restarted since: nothing was taken; look again at once
+            self._queues_empty = False
+            return None
+        self._queues_empty = take is None
+        return take
+
+    def _woken_to_stop(self) -> bool:
+        """Drain the signal wake-up; whether a stop signal came (a horse's death also wakes it)."""
+        with suppress(BlockingIOError):
+            while self._wake_r.recv(512):
+                pass
+        return self._signals > 0
 
     def _step(self, ended: tuple[executions.Claim, RQStatus | None] | None, token: str) -> Take | None:
         """One round trip: release the execution that ``ended`` (if any), then take the queues' next job
@@ -340,7 +364,9 @@ class Engine:
                     if take:
                         self.jobs.take_on(pipe, token, self.settings.worker_lost_after_s)
                     replies = pipe.execute()
-                return self.jobs.parse_take(replies[-1]) if take else None
+                found = self.jobs.parse_take(replies[-1]) if take else None
+                self._queues_empty = found is None
+                return found
             except NoScriptError:
                 if not first:
                     raise

@@ -10,9 +10,10 @@ requeued through RQ (``factory.store.executions.requeue``).
 """
 
 import logging
-import time
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 
 import redis
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
+from factory.connections import RETRYABLE
 from factory.enqueue import RQ_TIMEOUT_MARGIN_S
 from factory.jobs import InvocationRequest
 from factory.rqtask import TASK
@@ -32,6 +34,8 @@ from worker.deadlines import Deadlines
 from worker.queues import ServedQueues
 
 logger = logging.getLogger(__name__)
+
+STOP_MARK_TTL_S = 60  # longer than any doorbell wait: a stopping worker's mark outlasts the take behind it
 
 
 def _around_id(key_for: Callable[[str], str]) -> tuple[str, str]:
@@ -70,16 +74,7 @@ class RQJobs:
         self._rq_key = _around_id(keys.rq_job_key)
         self._job_key = _around_id(keys.job_key)
         self._rq_worker_key = keys.rq_worker_key(worker_name)
-
-    def wait(self, timeout_s: float) -> bool:
-        """Block until a doorbell of the worker's queues rings, or ``timeout_s`` passed; whether one rang.
-
-        A ring is a hint, not a job: the take that follows finds the job, or another worker was
-        faster. Jobs never leave a queue but in the take step, so a worker that dies here loses none.
-        """
-        doorbells = [keys.doorbell_key(name) for name in self.queues.names()]
-        reply = self.blocking.blpop(doorbells, timeout_s)  # fractions of a second work
-        return reply is not None
+        self._stop_key = keys.worker_stop_key(worker_name)
 
     def take_on(self, pipe: Pipeline, token: str, lost_after_s: float) -> None:
         """Queue on ``pipe`` the take of the next job of the worker's queues by execution ``token``.
@@ -87,13 +82,59 @@ class RQJobs:
         Its reply goes to :meth:`parse_take`. When Redis answers NOSCRIPT (it restarted), call
         :meth:`load_scripts` and run the pipeline again.
         """
+        pipe.execute_command(*self._take_command(token, lost_after_s))  # type: ignore[no-untyped-call]
+
+    def wait_and_take(
+        self, token: str, lost_after_s: float, timeout_s: float, woken: socket.socket, stopping: Callable[[], bool]
+    ) -> Take | None:
+        """Block until a doorbell of the worker's queues rings (at most ``timeout_s``), then take the
+        next job as :meth:`take_on` does, in one round trip: the take is sent behind the wait, and Redis
+        runs it the moment the wait ends, with no turn of the worker in between.
+
+        A ring is a hint, not a job: the take finds the job, or another worker was faster. Jobs never
+        leave a queue but in the take, so a worker that dies while waiting loses none. ``woken`` (the
+        worker's signal wake-up) is watched meanwhile: each time it is readable, ``stopping()`` drains
+        it and says whether the worker stops; then the worker's stop mark is set before the wait ends,
+        so the take queued behind it takes nothing. :class:`NoScriptError` when Redis lost the script
+        (call :meth:`load_scripts`); nothing was taken then.
+        """
+        doorbells = [keys.doorbell_key(name) for name in self.queues.names()]
+        commands = [("BLPOP", *doorbells, timeout_s), self._take_command(token, lost_after_s)]
+        pool = self.blocking.connection_pool
+        conn = pool.get_connection()
+        try:
+            packed = conn.pack_commands(commands)  # type: ignore[no-untyped-call]
+            conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
+            answer = conn._sock  # where the replies come (redis-py has no public name for it)
+            while answer is not None and woken in wait([answer, woken]):
+                if stopping():
+                    self._mark_stopping()
+                    break
+            conn.read_response()  # the bell, or none
+            reply = conn.read_response()
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]  # a reply may be unread: start afresh
+            raise
+        finally:
+            pool.release(conn)
+        return self.parse_take(reply)
+
+    def _mark_stopping(self) -> None:
+        try:
+            self.client.set(self._stop_key, 1, ex=STOP_MARK_TTL_S)
+        except RETRYABLE as exc:  # the take behind the wait may then take a job: it runs, as one taken before
+            logger.warning("cannot reach Redis to stop taking jobs: %s", exc)
+
+    def _take_command(self, token: str, lost_after_s: float) -> list[EncodableT]:
+        """TAKE's EVALSHA for execution ``token`` (its times are Redis' own when it runs)."""
         rq_started = rqview.start_fields(self.worker_name)
         record_started = [item for pair in started_fields(self.worker_name).items() for item in pair]
-        args: list[EncodableT] = [*self._rq_key, *self._job_key, token, executions.deadline_ms(lost_after_s)]
-        args += [keys.RQ_QUEUE_PREFIX, keys.RQ_STARTED_PREFIX, time.time(), rqview.STARTED_GRACE_S]
-        args += [RQ_TIMEOUT_MARGIN_S, self._rq_worker_key, len(rq_started), *rq_started, *record_started]
+        args: list[EncodableT] = [*self._rq_key, *self._job_key, token, round(lost_after_s * 1000)]
+        args += [keys.RQ_QUEUE_PREFIX, keys.RQ_STARTED_PREFIX, rqview.STARTED_GRACE_S, RQ_TIMEOUT_MARGIN_S]
+        args += [self._rq_worker_key, len(rq_started), *rq_started, *record_started]
         queue_keys = self.queues.keys_in_turn()
-        pipe.evalsha(TAKE_SHA, 1 + len(queue_keys), keys.running_jobs_key(), *queue_keys, *args)
+        head: list[EncodableT] = ["EVALSHA", TAKE_SHA, 2 + len(queue_keys), keys.running_jobs_key(), self._stop_key]
+        return [*head, *queue_keys, *args]
 
     def load_scripts(self) -> None:
         """Load the scripts run by SHA: the take step's, RQ's end of a job, and the append the work horses run."""

@@ -109,10 +109,10 @@ def retry_event(attempt: int, max_attempts: int, code: str, message: str) -> byt
 
 
 def started_fields(worker: str) -> dict[str, bytes]:
-    """Record fields of a job that a worker starts running."""
+    """Record fields of a job that a worker starts running, but the time: the take stamps
+    ``started_ms`` with Redis' clock when it runs (``TAKE_LUA``)."""
     return {
         fields.STATUS: orjson.dumps(JobStatus.STARTED.value),
-        fields.STARTED_MS: orjson.dumps(now_ms()),
         fields.WORKER: orjson.dumps(worker),
     }
 

@@ -136,6 +136,11 @@ def worker_key(name: str) -> str:
     return f"{NAMESPACE}:worker:{name}"
 
 
+def worker_stop_key(name: str) -> str:
+    """A stopping worker's mark: while it exists its takes take nothing (set with a TTL when it stops)."""
+    return f"{NAMESPACE}:worker-stop:{name}"
+
+
 # RQ's keys, as the factory's scripts build and read them: RQ's layout, which the factory does not
 # choose. ``tests/test_rq_contract.py`` fails when the installed RQ lays its keys out otherwise.
 

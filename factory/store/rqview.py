@@ -143,15 +143,9 @@ def put_back(client: redis.Redis, job_id: str, token: str) -> str | None:
 
 
 def start_fields(worker_name: str) -> list[EncodableT]:
-    """RQ's job hash fields of a start, as a flat field/value list."""
-    return [
-        fields.RQ_STATUS,
-        RQStatus.STARTED.value,
-        fields.RQ_STARTED_AT,
-        rq_time(),
-        fields.RQ_WORKER_NAME,
-        worker_name,
-    ]
+    """RQ's job hash fields of a start, as a flat field/value list, but the time: the take writes
+    ``started_at`` with Redis' clock when it runs (``TAKE_LUA``)."""
+    return [fields.RQ_STATUS, RQStatus.STARTED.value, fields.RQ_WORKER_NAME, worker_name]
 
 
 def _end_args(job_id: str, token: str, status: RQStatus | None, retention_s: int, unqueue: bool) -> list[EncodableT]:

@@ -130,25 +130,56 @@ return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], {unpack(ARGV, 4)})
 """
 )
 
+# Redis' clock in the forms the records keep, for a script whose writes must carry the moment it runs
+# (not the moment it was sent: a take pipelined behind a doorbell wait runs when the bell rings):
+# ``clock()`` gives seconds (with fractions) and milliseconds; ``rq_time(s)`` RQ's timestamp format
+# (``rq.utils.utcformat``: ``%Y-%m-%dT%H:%M:%S.%fZ``, UTC), by the civil-from-days calendar algorithm.
+CLOCK_FUNCTIONS = """
+local function clock()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s + us / 1000000, s * 1000 + math.floor(us / 1000), s, us
+end
+local function rq_time(s, us)
+  local days = math.floor(s / 86400)
+  local rest = s - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  local hour, minute = math.floor(rest / 3600), math.floor(rest % 3600 / 60)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day, hour, minute, rest % 60, us)
+end
+"""
+
 # TAKE: a worker's take of its next job (``worker.rqjobs``), one round trip: pops the next id off the
 # first of its queues that has one, reads the RQ job's call, claims the factory's record (CLAIM_FUNCTION)
 # and, once claimed, records the start in RQ's view: the job hash ``started``, an entry
 # ``<id>:<token>`` in the queue's started registry (scored by when RQ may call it abandoned) and the
-# worker ``busy`` on it.
-# KEYS[1] = the running set, KEYS[2..] = RQ queues in the order to try them
+# worker ``busy`` on it. Every time it writes is Redis' clock (CLOCK_FUNCTIONS): the record's
+# ``started_ms``, RQ's ``started_at``, the heartbeat's deadline, the started entry's score. Nothing is
+# taken while the worker's stop mark exists (a stopping worker's take queued behind its doorbell wait).
+# KEYS[1] = the running set, KEYS[2] = the worker's stop mark, KEYS[3..] = RQ queues in the order to try
 # ARGV[1], ARGV[2] = RQ's job key before/after the id, ARGV[3], ARGV[4] = the record's key before/after
-#   the id, ARGV[5] = execution token, ARGV[6] = heartbeat deadline (ms), ARGV[7] = RQ's queue key
-#   prefix, ARGV[8] = RQ's started registry key prefix, ARGV[9] = now (s), ARGV[10] = how long past
-#   RQ's timeout of the job its started entry lasts (s), ARGV[11] = RQ's timeout when the job has none
-#   (s), ARGV[12] = RQ's key of this worker, ARGV[13] = n, the number of RQ field/value items that
-#   follow (the start), then those, then the record's field/value pairs
-# Returns false when every queue is empty, else {id, RQ data, RQ timeout, attempt}: attempt below 1
-#   when the job cannot be claimed, RQ data false when RQ has no such job.
+#   the id, ARGV[5] = execution token, ARGV[6] = how long a heartbeat lasts (ms), ARGV[7] = RQ's queue
+#   key prefix, ARGV[8] = RQ's started registry key prefix, ARGV[9] = how long past RQ's timeout of
+#   the job its started entry lasts (s), ARGV[10] = RQ's timeout when the job has none (s),
+#   ARGV[11] = RQ's key of this worker, ARGV[12] = n, the number of RQ field/value items that follow
+#   (the start, but its time), then those, then the record's field/value pairs (but ``started_ms``)
+# Returns false when every queue is empty (or the worker stops), else {id, RQ data, RQ timeout,
+#   attempt}: attempt below 1 when the job cannot be claimed, RQ data false when RQ has no such job.
 TAKE_LUA = (
     CLAIM_FUNCTION
+    + CLOCK_FUNCTIONS
     + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local id, queue = false, false
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   id = redis.call('LPOP', KEYS[i])
   if id then
     queue = string.sub(KEYS[i], #ARGV[7] + 1)
@@ -159,15 +190,20 @@ if not id then return false end
 local rq_job = ARGV[1] .. id .. ARGV[2]
 local data, timeout = unpack(redis.call('HMGET', rq_job, 'data', 'timeout'))
 if not data then return {id, false, false, -3} end
-local n = tonumber(ARGV[13])
+local now, now_ms, s, us = clock()
+local n = tonumber(ARGV[12])
 local token = ARGV[5]
-local attempt = claim(ARGV[3] .. id .. ARGV[4], KEYS[1], token, id .. ':' .. token, ARGV[6], {unpack(ARGV, 14 + n)})
+local record = {unpack(ARGV, 13 + n)}
+record[#record + 1] = 'started_ms'
+record[#record + 1] = string.format('%.0f', now_ms)
+local deadline = string.format('%.0f', now_ms + tonumber(ARGV[6]))
+local attempt = claim(ARGV[3] .. id .. ARGV[4], KEYS[1], token, id .. ':' .. token, deadline, record)
 if attempt >= 1 then
-  redis.call('HSET', rq_job, unpack(ARGV, 14, 13 + n))
-  local lasts = (tonumber(timeout) or tonumber(ARGV[11])) + tonumber(ARGV[10])
-  redis.call('ZADD', ARGV[8] .. queue, tonumber(ARGV[9]) + lasts, id .. ':' .. token)
-  if redis.call('EXISTS', ARGV[12]) == 1 then
-    redis.call('HSET', ARGV[12], 'state', 'busy', 'current_job', id)
+  redis.call('HSET', rq_job, 'started_at', rq_time(s, us), unpack(ARGV, 13, 12 + n))
+  local lasts = (tonumber(timeout) or tonumber(ARGV[10])) + tonumber(ARGV[9])
+  redis.call('ZADD', ARGV[8] .. queue, now + lasts, id .. ':' .. token)
+  if redis.call('EXISTS', ARGV[11]) == 1 then
+    redis.call('HSET', ARGV[11], 'state', 'busy', 'current_job', id)
   end
 end
 return {id, data, timeout, attempt}
