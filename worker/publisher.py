@@ -127,7 +127,7 @@ class EventPublisher:
         self.final: AppendResult | None = None
         self.failure: BaseException | None = None
         self.last_seq = 0
-        self._thread = threading.Thread(target=self._run, name=f"publisher-{job_id}", daemon=True)
+        self._thread: threading.Thread | None = None  # made for a second batch: a lone first event needs none
 
     def publish(self, event: bytes) -> None:
         """Write the job's first event at once; queue each later one (blocks while the queue is full)."""
@@ -137,12 +137,13 @@ class EventPublisher:
         """:meth:`publish` of several events in order, queued under one lock."""
         if self.ended.is_set() or not events:
             return  # the log closed (or the publisher stopped): the caller sees ``ended`` and stops
-        if self._thread.ident is None:
+        if self._thread is None:
             if self._batches == 0:  # nothing in flight to batch behind: no thread start or hand-off for it
                 first, events = events[0], events[1:]
                 self._guarded(lambda: self._send([first]))
                 if not events or self.ended.is_set():
                     return
+            self._thread = threading.Thread(target=self._run, name=f"publisher-{self._job_id}", daemon=True)
             self._thread.start()
         self._queue.put(events)
 
@@ -154,7 +155,7 @@ class EventPublisher:
         if self.ended.is_set():
             return self.final
         self._queue.put([_Terminal(event, fields, mode)])
-        if self._thread.ident is None:
+        if self._thread is None:
             self._run()  # nothing was published before: no thread to hand it to
         else:
             self._thread.join()
