@@ -102,11 +102,14 @@ class RelayResponse(Response):
         metrics.streams_open.inc()
         slow = False
         try:
-            # The reconnection delay goes out with the first write: a first event already read (the
-            # read-ahead) leaves in the same write as the stream's first bytes.
+            # The reconnection delay goes out at once, or with the events already read (the read-ahead)
+            # when there are some: they leave in the same write as the stream's first bytes.
             first = b"retry: %d\n\n" % RETRY_MS
             async with aclosing(self.stream.frames(self.subscriber)) as frames:
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                if not self.stream.read_ahead:
+                    await send({"type": "http.response.body", "body": first, "more_body": True})
+                    first = b""
                 async for chunk in frames:
                     if self.stream.closing:
                         break
