@@ -15,18 +15,21 @@ from factory.settings import Settings
 from factory_cli.embedded_redis import EmbeddedRedis
 from tests.stack import ENV_DIR, PREFAB_DIRS, Gateway, Stack
 
+DATABASES = 2048  # one per test that asks for Redis, never reused: above the suite's count of tests
 _databases = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), extra_config=["databases 256", "save ''"])
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), extra_config=[f"databases {DATABASES}", "save ''"])
     with server:
         yield server
 
 
 def _db_url(server: EmbeddedRedis) -> str:
-    return f"redis://127.0.0.1:{server.port}/{next(_databases)}"
+    db = next(_databases)
+    assert db < DATABASES, f"the suite asked for more than {DATABASES} Redis databases: raise DATABASES"
+    return f"redis://127.0.0.1:{server.port}/{db}"
 
 
 @pytest.fixture
