@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from factory.errors import BadRequest, PayloadTooLarge
+from gateway.numbers import whole_number
 
 if TYPE_CHECKING:  # defined for type checkers only
     from python_multipart.multipart import MultipartCallbacks
@@ -117,8 +118,8 @@ def _boundary(request: Request) -> bytes:
 
 
 def _check_declared_length(request: Request, max_body: int) -> None:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body:
+    declared = whole_number(request.headers.get("content-length"))
+    if declared is not None and declared > max_body:
         raise PayloadTooLarge(f"the upload exceeds the limit of {max_body - FRAMING_BYTES} bytes")
 
 

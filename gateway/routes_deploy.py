@@ -23,6 +23,7 @@ from factory.registry import deploy, undeploy
 from factory.source_check import source_problems
 from factory.wheels import WheelInfo, canonical_wheel_name, read_wheel, signature_matches
 from gateway.deps import GatewayState, StateDep
+from gateway.numbers import whole_number
 from gateway.routes_jobs import job_events
 from gateway.schemas import DeploymentList, DeploymentView
 from gateway.v1.caller import CallerDep, bearer_value
@@ -40,10 +41,10 @@ def _view(http: Request, deployment: Deployment) -> DeploymentView:
 
 
 async def _form_fields(http: Request, state: GatewayState) -> tuple[str, str, bytes]:
-    declared = http.headers.get("content-length")
-    if declared is None or not declared.isdigit():
+    declared = whole_number(http.headers.get("content-length"))
+    if declared is None:
         raise BadRequest("a deployment needs a Content-Length")
-    if int(declared) > state.settings.max_wheel_bytes + FRAMING_BYTES:
+    if declared > state.settings.max_wheel_bytes + FRAMING_BYTES:
         raise PayloadTooLarge(f"the wheel is larger than {state.settings.max_wheel_bytes} bytes")
     try:
         form = await http.form(max_files=1, max_fields=8)

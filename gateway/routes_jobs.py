@@ -1,6 +1,5 @@
 """Reading jobs: ``GET /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/events``, cancel."""
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -9,6 +8,7 @@ from factory.errors import BadRequest
 from factory.jobs import JobStatus
 from gateway.deps import StateDep
 from gateway.jobs import JobFilter
+from gateway.numbers import whole_number
 from gateway.relay import FIRST_PAGE
 from gateway.schemas import ErrorResponse, JobList, JobView
 from gateway.streaming import RelayResponse, open_stream
@@ -35,19 +35,17 @@ async def get_job(job_id: str, state: StateDep) -> JobView:
     return JobView.from_record(record, last_event_id)
 
 
-# ASCII digits only, and few enough for int() and for Redis's list indexes (signed 64-bit):
-# str.isdigit() also accepts "²", which int() refuses. The query form has the same bound.
-_SEQ = re.compile(r"[0-9]{1,18}")
+# The query form has the header's bound (gateway.numbers: at most 18 digits, for Redis' list indexes).
 MAX_SEQ = 10**18 - 1
 
 
 def _last_seq(header: str | None, query: int | None) -> int:
     if header is None:
         return query or 0
-    value = header.strip()
-    if not _SEQ.fullmatch(value):
+    value = whole_number(header.strip())
+    if value is None:
         raise BadRequest("Last-Event-ID must be a non-negative integer (the seq of the last event seen)")
-    return int(value)
+    return value
 
 
 @router.get(

@@ -12,6 +12,7 @@ from factory.errors import PermissionDenied, Unauthenticated
 from factory.settings import Settings
 from gateway.app import create_app
 from gateway.auth import Authenticator, caller_id
+from gateway.numbers import whole_number
 from gateway.v1.signed_urls import UrlSigner
 from tests.shapes import assert_ecosystem_error, assert_error
 
@@ -102,3 +103,24 @@ def test_each_api_keeps_its_own_error_shape(settings: Settings) -> None:
         assert_error(client.post("/invoke", json={"function_name": "nope"}), 404, "NOT_FOUND")
         download = client.get("/internal/files/download", params={"s3_url": "ftp://x"})
         assert_ecosystem_error(download, 422, "VALIDATION_ERROR")
+
+
+@pytest.mark.parametrize("raw", ["0", "17", "000123", "9" * 18])
+def test_whole_numbers_are_ascii_digits(raw: str) -> None:
+    assert whole_number(raw) == int(raw)
+
+
+@pytest.mark.parametrize("raw", [None, "", " 5", "5 ", "+5", "-5", "1_0", "1.0", "²", "٣", "1²", "9" * 19])
+def test_anything_else_is_no_whole_number(raw: str | None) -> None:
+    assert whole_number(raw) is None
+
+
+def test_numbers_in_queries_and_headers_that_are_not_ascii_digits_are_client_errors(settings: Settings) -> None:
+    """ "²" passes ``str.isdigit()`` but not ``int()``: a 500 the fuzzer found on a signed URL's ``expires``."""
+    with TestClient(create_app(settings)) as client:
+        blob = client.get("/internal/files/blob/f1/a.txt", params={"expires": "²", "signature": "x"})
+        assert blob.status_code == 403, blob.text
+        put = client.put("/internal/files/put/f1/a.txt", params={"expires": "²", "signature": "x"}, content=b"a")
+        assert put.status_code == 403, put.text
+        events = client.get("/jobs/0123456789abcdef0123456789abcdef/events", headers={"Last-Event-ID": "²".encode("latin-1")})
+        assert_error(events, 400, "BAD_REQUEST")

@@ -45,6 +45,7 @@ from factory.store import keys
 from gateway.auth import Authenticator
 from gateway.files import FileService
 from gateway.multipart import SpooledUpload, receive_upload
+from gateway.numbers import whole_number
 from gateway.v1.schemas import FileEntry, FileListing
 from gateway.v1.signed_urls import UrlSigner
 
@@ -129,9 +130,9 @@ class EcosystemFiles:
         """A temporary file's lifetime: the form's ``ttl`` (default a day), at least 1 s, at most the retention."""
         if raw is None:
             return min(86400, self.settings.retention_s)
-        if not (raw.isascii() and raw.isdigit()):  # digits only: not "", " 5", "1_0", "+5" or "٣"
+        ttl_s = whole_number(raw)  # digits only: not "", " 5", "1_0", "+5" or "٣"
+        if ttl_s is None:
             raise ValidationFailed("ttl must be a whole number of seconds")
-        ttl_s = int(raw)
         return max(1, min(ttl_s, self.settings.retention_s))
 
     # --- listing and cleanup ----------------------------------------------------------------------
@@ -146,7 +147,7 @@ class EcosystemFiles:
         """A page of the caller's files of a kind (or of a session), oldest first; expired ones are dropped first."""
         key = keys.caller_files_key(caller, kind) if session_id is None else keys.session_files_key(caller, session_id)
         await self.client.zremrangebyscore(key, "-inf", now_ms())
-        offset = int(continuation_token) if continuation_token and continuation_token.isdigit() else 0
+        offset = whole_number(continuation_token) or 0
         ids: list[bytes] = await self.client.zrange(key, offset, offset + limit)  # type: ignore[assignment]
         entries: list[FileEntry] = []
         for raw in ids[:limit]:
@@ -233,8 +234,8 @@ def _chained(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 async def _spool_body(request: Request, spool_dir: Path, max_bytes: int, name: str) -> SpooledUpload:
     """Write a raw request body to a new file in ``spool_dir``; 413 past ``max_bytes``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    declared = whole_number(request.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"the file exceeds the limit of {max_bytes} bytes")
     await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix="put-")
@@ -255,4 +256,5 @@ async def _spool_body(request: Request, spool_dir: Path, max_bytes: int, name: s
 
 
 def expires_from(raw: str) -> int:
-    return int(raw) if raw.isdigit() else int(time.time()) - 1
+    expires_s = whole_number(raw)
+    return int(time.time()) - 1 if expires_s is None else expires_s
