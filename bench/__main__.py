@@ -24,7 +24,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
 import redis
 
 from bench.context import FULL, QUICK, Context
@@ -74,7 +73,6 @@ PACKAGES = (
     "uvloop",
     "httptools",
     "orjson",
-    "httpx",
 )
 
 
@@ -134,11 +132,8 @@ def _meta(args: argparse.Namespace, cluster: Cluster, open_files: int) -> dict[s
 async def _run(args: argparse.Namespace, cluster: Cluster) -> list[ScenarioResult]:
     sizes = QUICK if args.quick else FULL
     results: list[ScenarioResult] = []
-    # Drop idle connections before uvicorn does (its keep-alive timeout is 5 s, httpx's default expiry too):
-    # otherwise a POST can go out on a connection the server is closing, and fail with ReadError.
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=2.0)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        ctx = Context(cluster, sizes, http)
+    ctx = Context(cluster, sizes)
+    try:
         for name in args.only or list(SCENARIOS):
             logger.info("scenario %s ...", name)
             began = time.monotonic()
@@ -154,6 +149,8 @@ async def _run(args: argparse.Namespace, cluster: Cluster) -> list[ScenarioResul
             results.append(result)
         if ctx.baselines:
             results.append(ScenarioResult("baselines", details=ctx.baselines))
+    finally:
+        ctx.caller.close()
     return results
 
 

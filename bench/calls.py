@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import orjson
 import redis.asyncio as aioredis
 
+from bench.caller import Caller
 from factory.jobs import JobRecord
 from factory.store import keys
 
@@ -27,13 +28,13 @@ def events_path(job_id: str) -> str:
     return f"/jobs/{job_id}/events"
 
 
-async def invoke(http: httpx.AsyncClient, gateway_url: str, function_name: str, inputs: dict[str, Any]) -> str:
+async def invoke(caller: Caller, gateway_url: str, function_name: str, inputs: dict[str, Any]) -> str:
     """Submit one call; returns the job id."""
     body = {"prefab_id": PREFAB, "function_name": function_name, "inputs": inputs}
-    response = await http.post(f"{gateway_url}/invoke", json=body)
-    if response.status_code != 202:
-        raise RuntimeError(f"POST /invoke answered {response.status_code}: {response.text[:300]}")
-    return str(response.json()["job_id"])
+    status, answer = await caller.post_json(f"{gateway_url}/invoke", body)
+    if status != 202:
+        raise RuntimeError(f"POST /invoke answered {status}: {answer[:300]!r}")
+    return str(orjson.loads(answer)["job_id"])
 
 
 async def final_records(client: aioredis.Redis, job_ids: list[str], timeout_s: float) -> list[JobRecord]:
@@ -100,7 +101,7 @@ class OrderCheck:
 
 
 async def submit_many(
-    http: httpx.AsyncClient,
+    caller: Caller,
     gateway_urls: list[str],
     function_name: str,
     inputs: dict[str, Any],
@@ -112,6 +113,6 @@ async def submit_many(
 
     async def one(n: int) -> str:
         async with gate:
-            return await invoke(http, gateway_urls[n % len(gateway_urls)], function_name, inputs)
+            return await invoke(caller, gateway_urls[n % len(gateway_urls)], function_name, inputs)
 
     return list(await asyncio.gather(*(one(n) for n in range(count))))

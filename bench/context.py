@@ -6,8 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from bench.caller import Caller
 from bench.procs import Cluster
 
 
@@ -92,7 +91,7 @@ QUICK = Sizes(
 class Context:
     cluster: Cluster
     sizes: Sizes
-    http: httpx.AsyncClient
+    caller: Caller = field(default_factory=Caller)  # every POST of a call (bench.caller)
     baselines: dict[str, Any] = field(default_factory=dict)
 
     async def baseline(self, name: str, measure: "Callable[[Context], Awaitable[Any]]") -> Any:

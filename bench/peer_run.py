@@ -37,7 +37,7 @@ def start_app(cluster: Cluster, redis_url: str) -> Proc:
 async def warm_up(ctx: Context, url: str, jobs: int = WARMUP_JOBS) -> None:
     host, port = host_port(url)
     for _ in range(jobs):
-        job_id = await invoke(ctx.http, url, "firehose", {"count": 10})
+        job_id = await invoke(ctx.caller, url, "firehose", {"count": 10})
         stats = await read_stream(host, port, events_path(job_id), timeout_s=60)
         if stats.terminal != "done":
             raise RuntimeError(f"peer warm-up job did not end with done: {stats.status} {stats.error}")

@@ -22,8 +22,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
-
 from bench.context import QUICK, Context
 from bench.procs import Cluster, raise_open_files_limit, tree_cpu_s
 from bench.results import percentile
@@ -124,26 +122,25 @@ async def _profile(out: Path, calls: int) -> None:
         cluster = Cluster(Path(tmp))
         cluster.start_redis()
         try:
-            async with httpx.AsyncClient(timeout=60) as http:
-                ctx = Context(cluster, QUICK, http)
-                async with factory_stack(ctx) as stack:
-                    url = stack.gateway.url
-                    for _ in range(WARMUP_CALLS):
-                        await two_request_ms(ctx, url)
-                    pids = {"gateway": stack.gateway.pid, "worker": stack.workers[0].pid}
-                    cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
-                    plain = [await two_request_ms(ctx, url) for _ in range(calls)]
-                    cpu_ms = {name: (tree_cpu_s(pid) - cpu0[name]) * 1000 / calls for name, pid in pids.items()}
-                    spies = [
-                        _py_spy(stack.gateway.pid, out / "gateway.txt", False),
-                        _py_spy(stack.workers[0].pid, out / "worker.txt", True),
-                    ]
-                    await asyncio.sleep(2)  # py-spy attaches
-                    began = time.perf_counter()
-                    times = [await two_request_ms(ctx, url) for _ in range(calls)]
-                    span = time.perf_counter() - began
-                    for spy in spies:
-                        await asyncio.to_thread(_stop, spy)
+            ctx = Context(cluster, QUICK)
+            async with factory_stack(ctx) as stack:
+                url = stack.gateway.url
+                for _ in range(WARMUP_CALLS):
+                    await two_request_ms(ctx, url)
+                pids = {"gateway": stack.gateway.pid, "worker": stack.workers[0].pid}
+                cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+                plain = [await two_request_ms(ctx, url) for _ in range(calls)]
+                cpu_ms = {name: (tree_cpu_s(pid) - cpu0[name]) * 1000 / calls for name, pid in pids.items()}
+                spies = [
+                    _py_spy(stack.gateway.pid, out / "gateway.txt", False),
+                    _py_spy(stack.workers[0].pid, out / "worker.txt", True),
+                ]
+                await asyncio.sleep(2)  # py-spy attaches
+                began = time.perf_counter()
+                times = [await two_request_ms(ctx, url) for _ in range(calls)]
+                span = time.perf_counter() - began
+                for spy in spies:
+                    await asyncio.to_thread(_stop, spy)
         finally:
             cluster.stop_all()
     sys.stdout.write(

@@ -62,7 +62,7 @@ class FactoryStack:
 
 async def run_job(ctx: Context, gateway: Proc, function_name: str, inputs: dict[str, object]) -> None:
     """Invoke and read the stream to its end."""
-    job_id = await invoke(ctx.http, gateway.url, function_name, inputs)
+    job_id = await invoke(ctx.caller, gateway.url, function_name, inputs)
     host, port = host_port(gateway.url)
     stats = await read_stream(host, port, events_path(job_id))
     if stats.terminal != "done":

@@ -26,7 +26,7 @@ async def run(ctx: Context) -> ScenarioResult:
     async with factory_stack(ctx, workers=0, FACTORY_QUEUE_WITHOUT_WORKER="1") as stack:
         host, port = host_port(stack.gateway.url)
         jobs = -(-most // READERS_PER_JOB)
-        job_ids = await submit_many(ctx.http, [stack.gateway.url], "sleepy", {"seconds": 1}, jobs)
+        job_ids = await submit_many(ctx.caller, [stack.gateway.url], "sleepy", {"seconds": 1}, jobs)
         paths = [events_path(job_ids[n % jobs]) for n in range(most)]
         # Warm-up: one stream alone first (a fresh gateway's first readers at once can race), then a few.
         idle.close_all(await idle.open_idle(host, port, paths[:1]))

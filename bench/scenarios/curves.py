@@ -17,7 +17,6 @@ import asyncio
 import time
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 
 from bench.calls import events_path, final_records, host_port, invoke, submit_many
@@ -41,23 +40,21 @@ async def _callers(ctx: Context, url: str, callers: int) -> dict[str, float]:
     host, port = host_port(url)
     ttfe: list[float] = []
     events = 0
-    limits = httpx.Limits(max_connections=callers + 10, max_keepalive_connections=callers + 10, keepalive_expiry=2.0)
-    async with httpx.AsyncClient(timeout=TIMEOUT_S, limits=limits) as http:
 
-        async def caller() -> None:
-            nonlocal events
-            for _ in range(rounds):
-                began_ns = time.time_ns()
-                job_id = await invoke(http, url, "firehose", {"count": EVENTS_PER_CALL})
-                stats = await read_stream(host, port, events_path(job_id), timeout_s=TIMEOUT_S)
-                if stats.terminal != "done":
-                    raise RuntimeError(f"a call ended without done: {stats.status} {stats.error}")
-                ttfe.append((stats.first_event_ns - began_ns) / 1e6)
-                events += stats.events
+    async def caller() -> None:
+        nonlocal events
+        for _ in range(rounds):
+            began_ns = time.time_ns()
+            job_id = await invoke(ctx.caller, url, "firehose", {"count": EVENTS_PER_CALL})
+            stats = await read_stream(host, port, events_path(job_id), timeout_s=TIMEOUT_S)
+            if stats.terminal != "done":
+                raise RuntimeError(f"a call ended without done: {stats.status} {stats.error}")
+            ttfe.append((stats.first_event_ns - began_ns) / 1e6)
+            events += stats.events
 
-        began = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        span_s = time.perf_counter() - began
+    began = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    span_s = time.perf_counter() - began
     return {
         "callers": callers,
         "calls": callers * rounds,
@@ -84,7 +81,7 @@ async def _streams(ctx: Context, streams: int) -> dict[str, float]:
         url = stack.gateway.url
         host, port = host_port(url)
         jobs = -(-streams // READERS_PER_JOB)
-        job_ids = await submit_many(ctx.http, [url], "firehose", {"count": EVENTS_PER_CALL}, jobs)
+        job_ids = await submit_many(ctx.caller, [url], "firehose", {"count": EVENTS_PER_CALL}, jobs)
         paths = [events_path(job_ids[n % jobs]) for n in range(streams)]
         await open_idle(host, port, paths[:1])  # a fresh gateway's first reader alone (docs/benchmark.md)
         before_kb = await settle_rss_kb(stack.gateway.pid, 1.0)
@@ -155,7 +152,7 @@ async def _rate(
     ctx: Context, stack_url: str, redis: aioredis.Redis, fn: str, inputs: dict[str, Any], jobs: int
 ) -> float:
     began_ms = time.time() * 1000
-    job_ids = await submit_many(ctx.http, [stack_url], fn, inputs, jobs)
+    job_ids = await submit_many(ctx.caller, [stack_url], fn, inputs, jobs)
     records = await final_records(redis, job_ids, TIMEOUT_S)
     if any(r.status != "finished" for r in records):
         raise RuntimeError(f"a {fn} job did not finish")

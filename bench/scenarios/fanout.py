@@ -23,7 +23,7 @@ async def run(ctx: Context) -> ScenarioResult:
     async with factory_stack(ctx) as stack:
         await stack.mark_cpu()
         inputs = {"count": sizes.fanout_events, "start_delay_s": START_DELAY_S}
-        job_id = await invoke(ctx.http, stack.gateway.url, "firehose", inputs)
+        job_id = await invoke(ctx.caller, stack.gateway.url, "firehose", inputs)
         host, port = host_port(stack.gateway.url)
         checks = [OrderCheck(sizes.fanout_events) for _ in range(sizes.fanout_readers)]
         readers = await asyncio.gather(*(open_stream(host, port, events_path(job_id), c) for c in checks))

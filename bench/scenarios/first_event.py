@@ -8,6 +8,8 @@ Also trivial jobs/s per worker: jobs queued while no worker runs, then one worke
 import asyncio
 import time
 
+import orjson
+
 from bench import queues
 from bench.calls import PREFAB, events_path, final_records, host_port, invoke, submit_many
 from bench.context import Context
@@ -24,7 +26,7 @@ async def _sequential_ms(ctx: Context, stack: FactoryStack) -> tuple[list[float]
     job_ids: list[str] = []
     for _ in range(ctx.sizes.ttfe_jobs):
         began_ns = time.time_ns()
-        job_id = await invoke(ctx.http, stack.gateway.url, "trivial", {})
+        job_id = await invoke(ctx.caller, stack.gateway.url, "trivial", {})
         stats = await read_stream(host, port, events_path(job_id), timeout_s=60)
         if not stats.events:
             raise RuntimeError(f"job {job_id} streamed no event: {stats.error}")
@@ -38,9 +40,9 @@ async def _seed_form_ms(ctx: Context, stack: FactoryStack) -> list[float]:
     times: list[float] = []
     for _ in range(ctx.sizes.ttfe_jobs):
         began_ns = time.time_ns()
-        response = await ctx.http.post(f"{stack.gateway.url}/invoke/{PREFAB}/trivial", json={"inputs": {}})
-        if response.status_code != 200 or response.json().get("status") != "SUCCESS":
-            raise RuntimeError(f"the seed form answered {response.status_code}: {response.text[:300]}")
+        status, answer = await ctx.caller.post_json(f"{stack.gateway.url}/invoke/{PREFAB}/trivial", {"inputs": {}})
+        if status != 200 or orjson.loads(answer).get("status") != "SUCCESS":
+            raise RuntimeError(f"the seed form answered {status}: {answer[:300]!r}")
         times.append((time.time_ns() - began_ns) / 1e6)
     return times
 
@@ -48,7 +50,7 @@ async def _seed_form_ms(ctx: Context, stack: FactoryStack) -> list[float]:
 async def _drain_rate(ctx: Context, stack: FactoryStack) -> float:
     """Trivial jobs per second of one worker, from its first job's start to its last job's end."""
     ctx.cluster.stop(stack.workers)
-    job_ids = await submit_many(ctx.http, [stack.gateway.url], "trivial", {}, ctx.sizes.throughput_jobs)
+    job_ids = await submit_many(ctx.caller, [stack.gateway.url], "trivial", {}, ctx.sizes.throughput_jobs)
     workers = await asyncio.to_thread(ctx.cluster.start_workers, stack.url, 1)
     try:
         records = await final_records(stack.redis, job_ids, timeout_s=300)

@@ -30,7 +30,7 @@ async def run(ctx: Context) -> ScenarioResult:
 
         async def one(n: int, check: OrderCheck) -> StreamStats:
             async with gate:
-                job_id = await invoke(ctx.http, urls[n % 2], "firehose", {"count": sizes.events_per_job})
+                job_id = await invoke(ctx.caller, urls[n % 2], "firehose", {"count": sizes.events_per_job})
             host, port = host_port(urls[(n + 1) % 2])
             return await read_stream(host, port, events_path(job_id), check, timeout_s=TIMEOUT_S)
 

@@ -20,7 +20,7 @@ NAME = "one-stream"
 async def _read(ctx: Context, url: str, function_name: str, inputs: dict[str, Any], check: OrderCheck) -> StreamStats:
     """Invoke and read the job's stream; ``opened_ns`` of the result is when the POST began."""
     began_ns = time.time_ns()
-    job_id = await invoke(ctx.http, url, function_name, inputs)
+    job_id = await invoke(ctx.caller, url, function_name, inputs)
     host, port = host_port(url)
     stats = await read_stream(host, port, events_path(job_id), check, timeout_s=300)
     stats.opened_ns = began_ns

@@ -41,7 +41,7 @@ async def two_request_ms(ctx: Context, url: str) -> float:
     """``POST /invoke`` → first event of ``GET /jobs/{id}/events``, in ms."""
     host, port = host_port(url)
     began_ns = time.time_ns()
-    job_id = await invoke(ctx.http, url, "firehose", {"count": 1})
+    job_id = await invoke(ctx.caller, url, "firehose", {"count": 1})
     stats = await read_stream(host, port, events_path(job_id), timeout_s=60)
     if not stats.events:
         raise RuntimeError(f"{url}: job {job_id} streamed no event: {stats.status} {stats.error}")
@@ -62,7 +62,7 @@ async def one_stream_rate(ctx: Context, url: str, count: int) -> tuple[float, in
     host, port = host_port(url)
     check = OrderCheck(count)
     began_ns = time.time_ns()
-    job_id = await invoke(ctx.http, url, "firehose", {"count": count})
+    job_id = await invoke(ctx.caller, url, "firehose", {"count": count})
     stats = await read_stream(host, port, events_path(job_id), check, timeout_s=TIMEOUT_S)
     lost = check.missing + check.repeated + check.out_of_order
     return stats.events / ((stats.last_event_ns - began_ns) / 1e9), lost
@@ -76,7 +76,7 @@ async def batch(ctx: Context, url: str, function_name: str, inputs: dict[str, An
 
     async def one(check: OrderCheck) -> StreamStats:
         async with gate:
-            job_id = await invoke(ctx.http, url, function_name, inputs)
+            job_id = await invoke(ctx.caller, url, function_name, inputs)
         return await read_stream(host, port, events_path(job_id), check, timeout_s=TIMEOUT_S)
 
     checks = [OrderCheck(expected) for _ in range(jobs)]

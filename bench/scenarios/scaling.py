@@ -18,7 +18,7 @@ async def _rate(ctx: Context, workers: int) -> float:
     async with factory_stack(ctx, workers=workers) as stack:
         began_ms = time.time() * 1000
         inputs = {"seconds": sizes.sleep_s}
-        job_ids = await submit_many(ctx.http, [stack.gateway.url], "sleepy", inputs, sizes.scaling_jobs)
+        job_ids = await submit_many(ctx.caller, [stack.gateway.url], "sleepy", inputs, sizes.scaling_jobs)
         records = await final_records(stack.redis, job_ids, TIMEOUT_S)
     if any(r.status != "finished" for r in records):
         raise RuntimeError("a sleep job did not finish")
