@@ -200,7 +200,8 @@ def _run(runtime: WorkerRuntime, order: HorseOrder) -> HorseReply:
     job_id = order.request.job_id
     with logged_run(runtime.redis, order.request, order.claim.attempt, runtime.worker_name) as logged:
         try:
-            report = InvocationRunner(runtime, order.request, order.claim, order.deadlines).run()
+            runner = InvocationRunner(runtime, order.request, order.claim, order.deadlines, logged.log_started)
+            report = runner.run()
         except Exception as exc:  # Redis gone for good, or a bug: the worker settles the job
             logger.exception("the job could not be run")
             failure = f"{type(exc).__name__}: {exc}"

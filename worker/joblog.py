@@ -24,11 +24,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RunOutcome:
-    """Set by the caller inside the block: did the run end with a retry (another attempt follows)."""
+    """Set by the caller inside the block: did the run end with a retry (another attempt follows).
+
+    :meth:`log_started` writes the ``started`` line; the caller calls it once the prefab's runner
+    has its order, so the line's cost is not on the way to the job's first event (the block's end
+    writes it first, if the run never got that far).
+    """
 
     retrying: bool = False
     closed_as: JobStatus | None = None  # the status the run's own terminal event gave the job
     error_code: str | None = None  # that event's code, when it was an error
+    started_logged: bool = False
+
+    def log_started(self) -> None:
+        if not self.started_logged:
+            self.started_logged = True
+            logger.info("job started", extra={"event": "started"})
 
 
 def _ended(client: redis.Redis, job_id: str) -> JobRecord | None:
@@ -51,11 +62,11 @@ def logged_run(client: redis.Redis, request: InvocationRequest, attempt: int, wo
     }
     outcome = RunOutcome()
     with job_context(request.job_id, **fields):
-        logger.info("job started", extra={"event": "started"})
         began = time.monotonic()
         try:
             yield outcome
         finally:
+            outcome.log_started()
             _log_end(client, request.job_id, outcome, time.monotonic() - began)
 
 

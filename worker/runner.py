@@ -21,6 +21,7 @@ with ``REDIS_UNAVAILABLE`` as soon as Redis answers again.
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +134,15 @@ def _error(code: str, message: str) -> _End:
 
 class InvocationRunner:
     def __init__(
-        self, runtime: WorkerRuntime, request: InvocationRequest, claim: executions.Claim, deadlines: Deadlines
+        self,
+        runtime: WorkerRuntime,
+        request: InvocationRequest,
+        claim: executions.Claim,
+        deadlines: Deadlines,
+        started: Callable[[], None] = lambda: None,
     ) -> None:
         self.runtime = runtime
+        self._started = started  # told once the job has begun (the runner has its order): its log line
         self.request = request
         self.claim = claim
         self.deadlines = deadlines
@@ -254,6 +261,7 @@ class InvocationRunner:
 
     def _build(self, publisher: EventPublisher) -> _End:
         """The job of a deployment: build it, record its outcome, end with it."""
+        self._started()
         provisioner = self.runtime.provisioner
         provisioner.forget(self.request.deployment_id)  # read its record afresh
         try:
@@ -302,6 +310,7 @@ class InvocationRunner:
         self._runner_idle = False  # set once the runner reported the job's end: only then may it run another
         try:
             runner.send(order)
+            self._started()
             return self._follow(runner, publisher)
         except RunnerGone as gone:
             return _End(error_event(WORKER_LOST, f"the prefab's process died ({gone.description})"), retryable=True)
