@@ -16,8 +16,12 @@ START_TIMEOUT_S = 30.0
 
 
 async def _open_started(host: str, port: int, path: str) -> SSEProtocol:
+    """A stream whose body has begun; a refused one (any status but 200) fails the scenario, as it
+    would otherwise count as a stream held open."""
     protocol = await open_stream(host, port, path)
     await asyncio.wait_for(asyncio.shield(protocol.started), START_TIMEOUT_S)
+    if protocol.stats.status != 200:
+        raise RuntimeError(f"a stream of {path} was refused: HTTP {protocol.stats.status} {protocol.stats.error or ''}")
     return protocol
 
 
