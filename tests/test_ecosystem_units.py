@@ -122,5 +122,7 @@ def test_numbers_in_queries_and_headers_that_are_not_ascii_digits_are_client_err
         assert blob.status_code == 403, blob.text
         put = client.put("/internal/files/put/f1/a.txt", params={"expires": "²", "signature": "x"}, content=b"a")
         assert put.status_code == 403, put.text
-        events = client.get("/jobs/0123456789abcdef0123456789abcdef/events", headers={"Last-Event-ID": "²".encode("latin-1")})
+        events = client.get(
+            "/jobs/0123456789abcdef0123456789abcdef/events", headers={"Last-Event-ID": "²".encode("latin-1")}
+        )
         assert_error(events, 400, "BAD_REQUEST")
