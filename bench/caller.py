@@ -64,21 +64,32 @@ class _Connection(asyncio.Protocol):
         return await self._answer
 
 
-def _head(head: bytes) -> tuple[int, int, bool]:
-    """Status, Content-Length and whether the connection stays open, from an answer's head."""
+def http_request(host: str, port: int, path: str, headers: dict[str, str], body: bytes | None = None) -> bytes:
+    """An HTTP/1.1 request in one piece: a GET, or a POST of a JSON ``body``."""
+    method = "GET" if body is None else "POST"
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+def parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
+    """An answer's status and headers (names lower-cased), from its head without the blank line."""
     status_line, *lines = head.split(b"\r\n")
-    status = int(status_line.split(b" ", 2)[1])
-    length, keep = 0, True
+    headers: dict[bytes, bytes] = {}
     for line in lines:
         name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            raise ValueError("a chunked answer (this caller reads Content-Length answers only)")
-        elif name == b"connection" and b"close" in value.lower():
-            keep = False
-    return status, length, keep
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(b" ", 2)[1]), headers
+
+
+def _head(head: bytes) -> tuple[int, int, bool]:
+    """Status, Content-Length and whether the connection stays open, from an answer's head."""
+    status, headers = parse_head(head)
+    if b"transfer-encoding" in headers:
+        raise ValueError("a chunked answer (this caller reads Content-Length answers only)")
+    return status, int(headers.get(b"content-length", b"0")), b"close" not in headers.get(b"connection", b"").lower()
 
 
 class Caller:
@@ -91,11 +102,7 @@ class Caller:
         """``POST`` ``body`` as JSON to ``url``; the answer's status and body."""
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        payload = orjson.dumps(body)
-        raw = (
-            b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-            % ((parts.path or "/").encode(), host.encode(), port, len(payload))
-        ) + payload
+        raw = http_request(host, port, parts.path or "/", {}, orjson.dumps(body))
         connection = await self._connection(host, port)
         try:
             status, answer, keep = await connection.request(raw)

@@ -15,6 +15,8 @@ from typing import Any, cast
 
 import orjson
 
+from bench.caller import http_request, parse_head
+
 # (seq, event, time.time_ns() right after parsing it)
 EventHandler = Callable[[int, dict[str, Any], int], None]
 TERMINAL = frozenset({"done", "error"})
@@ -113,9 +115,8 @@ class SSEProtocol(asyncio.Protocol):
         del buf[:pos]
 
     def _head(self, head: bytes) -> None:
-        status_line, _, headers = head.partition(b"\r\n")
-        self.stats.status = int(status_line.split(b" ", 2)[1])
-        if self.stats.status != 200 or b"transfer-encoding: chunked" not in headers.lower():
+        self.stats.status, headers = parse_head(head)
+        if self.stats.status != 200 or headers.get(b"transfer-encoding", b"").lower() != b"chunked":
             self.stats.error = None if self.stats.status != 200 else "response is not chunked"
             self._finish()
             return
@@ -162,17 +163,7 @@ class SSEProtocol(asyncio.Protocol):
 
 def _request(host: str, port: int, path: str, headers: dict[str, str], body: bytes | None = None) -> bytes:
     """A GET, or a POST of a JSON ``body`` (the seed's one-request form answers it with the stream)."""
-    method = "GET" if body is None else "POST"
-    lines = [
-        f"{method} {path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        "Accept: text/event-stream",
-        "Cache-Control: no-cache",
-    ]
-    if body is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+    return http_request(host, port, path, {"Accept": "text/event-stream", "Cache-Control": "no-cache", **headers}, body)
 
 
 async def open_stream(
