@@ -139,7 +139,7 @@ class InvocationRunner:
         request: InvocationRequest,
         claim: executions.Claim,
         deadlines: Deadlines,
-        started: Callable[[], None] = lambda: None,
+        started: Callable[[], None],
     ) -> None:
         self.runtime = runtime
         self._started = started  # told once the job has begun (the runner has its order): its log line
