@@ -173,17 +173,23 @@ class Provisioner:
         if self._pool is not None:
             self._pool.close()
 
-    def hand_over(self, workspace: Path) -> None:
+    def hand_over(self, workspace: Path, inputs: Path) -> None:
         """Give the job's workspace to the user its runner runs as (the last :meth:`runner` asked for).
 
-        Mode 0700: a runner of another deployment cannot enter it, even knowing its name.
+        Mode 0700: a runner of another deployment cannot enter it, even knowing its name. The
+        workspace itself is given last, so one that is that user's already (a spare the same
+        deployment left untouched) with no input files in ``inputs`` needs nothing more.
         """
         if self._job_ids is None:
             return
         uid, gid = self._job_ids
-        for root, dirs, files in os.walk(workspace):
-            for name in (root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)):
+        found = os.lstat(workspace)
+        if (found.st_uid, found.st_gid, found.st_mode & 0o7777) == (uid, gid, 0o700) and not os.listdir(inputs):
+            return
+        for root, dirs, files in os.walk(workspace, topdown=False):
+            for name in (*(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)):
                 os.lchown(name, uid, gid)
+        os.lchown(workspace, uid, gid)
         workspace.chmod(0o700)
 
 

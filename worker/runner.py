@@ -148,24 +148,33 @@ class InvocationRunner:
         self.deadlines = deadlines
         self.workspace = Workspace(runtime.settings.state_dir, request.job_id)
         self._runner_idle = False
+        self._publisher: EventPublisher | None = None
+
+    @property
+    def publisher(self) -> EventPublisher:
+        """The job's publisher, made at first use: once the prefab's runner has its order, so
+        making it runs beside the function's start instead of before it."""
+        if self._publisher is None:
+            settings = self.runtime.settings
+            self._publisher = EventPublisher(
+                self.runtime.redis,
+                self.request.job_id,
+                max_events=settings.max_events_per_job,
+                retention_s=settings.retention_s,
+                redis_outage_s=settings.redis_outage_s,
+                token=self.claim.token,
+            )
+        return self._publisher
 
     def run(self) -> RunReport:
         """Run the job to its terminal event (or its retry); never raises for a failure of the prefab."""
         claim = self.claim
-        settings = self.runtime.settings
-        publisher = EventPublisher(
-            self.runtime.redis,
-            self.request.job_id,
-            max_events=settings.max_events_per_job,
-            retention_s=settings.retention_s,
-            redis_outage_s=settings.redis_outage_s,
-            token=claim.token,
-        )
         try:
-            end = self._run_function(publisher, claim)
+            end = self._run_function(claim)
         finally:
             # Removed before the terminal event, so a caller who sees the job end never finds it.
             self.workspace.remove(self.runtime.spare_workspace)
+        publisher = self.publisher
         closed_as = None
         if end is not None and not publisher.ended.is_set():
             closed_as = self._finish(publisher, claim, end)
@@ -222,10 +231,10 @@ class InvocationRunner:
             logger.error("job stopped: Redis unreachable too long (append: %s)", result.outcome.name)
             return RunOutcome.of_append(result.outcome)
 
-    def _run_function(self, publisher: EventPublisher, claim: executions.Claim) -> _End | None:
+    def _run_function(self, claim: executions.Claim) -> _End | None:
         """Everything between "started" and the terminal event; returns how it ended (None: the log closed)."""
         if self.request.kind == "deploy":
-            return self._build(publisher)
+            return self._build(self.publisher)
         provisioner = self.runtime.provisioner
         try:
             deployment = provisioner.deployment(self.request.deployment_id)
@@ -246,8 +255,9 @@ class InvocationRunner:
             self.runtime.files.fetch_inputs(self.request, self.workspace)
         except FileError as exc:
             return _error(exc.code, str(exc))
-        provisioner.hand_over(self.workspace.path)
-        terminal = self._iterate(deployment, runner, secrets, publisher)
+        provisioner.hand_over(self.workspace.path, self.workspace.inputs)
+        terminal = self._iterate(deployment, runner, secrets)
+        publisher = self.publisher
         if terminal is None or publisher.ended.is_set():
             return None
         if not _will_retry(terminal, claim):  # a failed attempt that runs again keeps no outputs
@@ -294,9 +304,7 @@ class InvocationRunner:
                 missing.append(secret.name)
         return values, missing
 
-    def _iterate(
-        self, deployment: Deployment, runner: Runner, secrets: dict[str, str], publisher: EventPublisher
-    ) -> _End | None:
+    def _iterate(self, deployment: Deployment, runner: Runner, secrets: dict[str, str]) -> _End | None:
         """Run the function in its runner under the deadline; how it ended, or None if the log closed."""
         provisioner = self.runtime.provisioner
         order = {
@@ -311,7 +319,7 @@ class InvocationRunner:
         try:
             runner.send(order)
             self._started()
-            return self._follow(runner, publisher)
+            return self._follow(runner, self.publisher)
         except RunnerGone as gone:
             return _End(error_event(WORKER_LOST, f"the prefab's process died ({gone.description})"), retryable=True)
         finally:  # its fields stay the runner's until the next job: output of this one may still arrive

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 RUNNER_PATH = Path(__file__).with_name("prefab_runner.py")
 START_TIMEOUT_S = 120.0  # importing a prefab (heavy libraries) may take a while on a cold machine
 GUARD_INTERVAL_S = 0.2  # how often a running job's workspace is measured
+CODE_RECHECK_S = 1.0  # how often a folder deployment's runner looks whether its code changed (in development)
 _JOB_ENDS = (b"F", b"R", b"N", b"X", b"M")  # the runner's messages that end a job
 LOG_RECORD_MARK = "\x1eLOG "  # a stderr line that carries one of the prefab's logging records (prefab_runner)
 
@@ -168,6 +169,7 @@ class Runner:
         self.popen = popen
         self.conn = conn
         self.stamp = stamp
+        self._stamp_checked_s = time.monotonic()
         self.job_fields: dict[str, object] = {}  # the running job's: its output's log lines carry them
         self.dead = False
         self.guard = _WorkspaceGuard(self, spec.workspace_bytes) if spec.workspace_bytes > 0 else None
@@ -280,10 +282,15 @@ class Runner:
             logger.error("prefab runner %d did not die", self.popen.pid)
 
     def current(self) -> bool:
-        """Whether it can take another job: alive, and (in development) its code unchanged."""
+        """Whether it can take another job: alive, and (in development) its code unchanged when last
+        looked at, at most :data:`CODE_RECHECK_S` ago (the walk of its files stays off most jobs' start)."""
         if self.dead or self.popen.poll() is not None:
             return False
-        return not self.spec.code_dir or _code_stamp(self.spec.code_dir) == self.stamp
+        now = time.monotonic()
+        if not self.spec.code_dir or now - self._stamp_checked_s < CODE_RECHECK_S:
+            return True
+        self._stamp_checked_s = now
+        return _code_stamp(self.spec.code_dir) == self.stamp
 
 
 def workspace_usage(root: Path, stop_at: int) -> int:
