@@ -6,6 +6,7 @@ path and never imports worker code.
 """
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -102,17 +103,16 @@ class JobService:
             streaming=target.function.streaming,
         )
         await enqueue_async(self.client, self.sync_client, self.settings, record, request)
-        logger.info(
-            "job queued",
-            extra={
-                "job_id": record.job_id,
-                "event": "queued",
-                "prefab_id": record.prefab_id,
-                "version": record.version,
-                "function": record.function_name,
-                "queue": keys.prefab_queue_name(self.settings.queue_name, record.prefab_id),
-            },
-        )
+        queued = {
+            "job_id": record.job_id,
+            "event": "queued",
+            "prefab_id": record.prefab_id,
+            "version": record.version,
+            "function": record.function_name,
+            "queue": keys.prefab_queue_name(self.settings.queue_name, record.prefab_id),
+        }
+        # Written once the caller has its answer (the loop's next turn), not before it.
+        asyncio.get_running_loop().call_soon(functools.partial(logger.info, "job queued", extra=queued))
         return record
 
     async def get(self, job_id: str) -> tuple[JobRecord, int]:

@@ -94,6 +94,45 @@ def test_key_layout_is_the_installed_rqs(client: redis.Redis) -> None:
     assert keys.rq_queue_workers_key("q") == worker_registration.WORKERS_BY_QUEUE_KEY % "q"
 
 
+def _but_times(commands: list[tuple[tuple[object, ...], dict[str, object]]]) -> list[list[object]]:
+    """The commands' arguments, each RQ timestamp value replaced by a mark."""
+    found: list[list[object]] = []
+    for args, _ in commands:
+        flat = list(args)
+        for at in range(len(flat) - 1):
+            if flat[at] in (fields.RQ_CREATED_AT, fields.RQ_ENQUEUED_AT):
+                flat[at + 1] = "<time>"
+        found.append(flat)
+    return found
+
+
+def test_a_job_is_written_as_rqs_own_enqueue_writes_it(client: redis.Redis) -> None:
+    """``add_job_on`` fills in RQ's writes made once per queue and function: for any job, the
+    commands RQ's ``enqueue_call`` sends, but for the times."""
+    queue = Queue("q", connection=client, serializer=JSONSerializer)
+    for job_id, inputs in (("j-1", {"count": 1}), ("j-2", {"text": "ünï \u2028 code", "n": [1, 2.5, None]})):
+        args = [{"job_id": job_id, "inputs": inputs}]
+        with client.pipeline() as ours, client.pipeline() as rqs:
+            ours.multi()
+            rqs.multi()
+            rqview.add_job_on(ours, client, "q", job_id, TASK, args, timeout_s=37, ttl_s=90, description="p.f")
+            queue.enqueue_call(
+                TASK,
+                args=args,
+                job_id=job_id,
+                timeout=37,
+                result_ttl=90,
+                failure_ttl=90,
+                description="p.f",
+                pipeline=rqs,
+            )
+            assert _but_times(ours.command_stack) == _but_times(rqs.command_stack)
+            ours.execute()
+        job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+        assert (job.func_name, list(job.args), job.timeout, job.description) == (TASK, args, 37, "p.f")
+        assert job.enqueued_at is not None and job.created_at is not None
+
+
 def test_an_enqueued_job_has_the_fields_and_call_the_scripts_read(
     client: redis.Redis, settings: Settings, jobs: RQJobs
 ) -> None:

@@ -27,6 +27,8 @@ BOOKKEEPING = (EXECUTION, TERMINAL, BATCH)
 # RQ's job hash.
 RQ_DATA = "data"  # the call: function, args, kwargs, as the serializer wrote them
 RQ_TIMEOUT = "timeout"
+RQ_CREATED_AT = "created_at"
+RQ_ENQUEUED_AT = "enqueued_at"
 RQ_STATUS = "status"
 RQ_ORIGIN = "origin"  # the queue's name
 RQ_STARTED_AT = "started_at"
