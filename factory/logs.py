@@ -32,6 +32,7 @@ JOB_FIELDS = (
     "outcome",
     "error_code",
     "duration_s",
+    "status",
     "queue",
     "stream",
 )

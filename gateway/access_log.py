@@ -1,16 +1,27 @@
-"""Keeps job tokens out of uvicorn's access log: the ``token`` query parameter is logged redacted.
+"""The gateway's access log: one line per request, written once its response is complete.
 
-The README recommends ``?token=`` for browsers (an ``EventSource`` cannot send headers), so every
-such request would otherwise write a live credential to the log.
+uvicorn's own access log writes its line when a response starts, before the response's first
+byte leaves: every answer waited for its log line. :class:`AccessLog` (an ASGI middleware, with
+uvicorn's turned off) writes it after the response's last byte instead, as nginx does, with the
+response's status and how long it took (a stream's line comes when the stream ends).
+
+Job tokens never reach it: the ``token`` query parameter is written ``token=[redacted]``. The
+README recommends ``?token=`` for browsers (an ``EventSource`` cannot send headers), so every such
+request would otherwise write a live credential to the log.
 """
 
 import logging
 import re
+import time
 
-ACCESS_LOGGER = "uvicorn.access"
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ACCESS_LOGGER = "gateway.access"
 REDACTED = "[redacted]"
 # ``token=<value>`` as a query parameter, in any case.
 _TOKEN = re.compile(r"([?&]token=)[^&#\s]*", re.IGNORECASE)
+
+logger = logging.getLogger(ACCESS_LOGGER)
 
 
 def redact(path: str) -> str:
@@ -18,18 +29,42 @@ def redact(path: str) -> str:
     return _TOKEN.sub(r"\g<1>" + REDACTED, path)
 
 
-class RedactTokens(logging.Filter):
-    """Rewrites the path argument of uvicorn's access-log records (``client, method, path, version, status``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            record.args = (*args[:2], redact(args[2]), *args[3:])
-        return True
+def _request_line(scope: Scope) -> str:
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    target = (path + b"?" + query if query else path).decode("latin-1")
+    return f"{scope['method']} {redact(target)} HTTP/{scope.get('http_version', '1.1')}"
 
 
-def redact_tokens() -> None:
-    """Install the filter on uvicorn's access logger (once)."""
-    access = logging.getLogger(ACCESS_LOGGER)
-    if not any(isinstance(f, RedactTokens) for f in access.filters):
-        access.addFilter(RedactTokens())
+class AccessLog:
+    """Logs each HTTP request as ``<client> - "<method> <path> HTTP/<version>" <status>`` (``status`` and
+    ``duration_s`` as fields too) once the app is done with it; a request the app failed before
+    answering is logged with 500, the status the server's error handler answers it with."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client")
+            logger.info(
+                '%s - "%s" %d',
+                f"{client[0]}:{client[1]}" if client else "-",
+                _request_line(scope),
+                status,
+                extra={"status": status, "duration_s": round(time.perf_counter() - began, 6)},
+            )

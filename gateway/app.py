@@ -25,6 +25,7 @@ from factory.registry import register_folders
 from factory.settings import Settings
 from factory.storage import storage_from_settings
 from gateway import errors, openapi, routes_deploy, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
+from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, requirement
 from gateway.body_limit import BodyLimit
 from gateway.catalog import CatalogView
@@ -158,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Job-Id", "X-Job-Token", "Location", "Retry-After"],
             max_age=600,
         )
+    app.add_middleware(AccessLog)  # the outermost: its line comes once the response is complete
     return app
 
 

@@ -89,3 +89,25 @@ def test_a_cancel_at_the_gateway_is_logged_as_the_end(make_stack: Stack) -> None
     lines = wait_lines(gateway, job_id, "ended")
     assert [line["event"] for line in lines if "event" in line] == ["queued", "ended"]
     assert lines[-1]["outcome"] == "canceled"
+
+
+def test_each_request_has_one_access_line_once_its_response_is_complete(make_stack: Stack) -> None:
+    """The access log is the app's: a line per request with its status and duration, a stream's when it ends."""
+    gateway = make_stack.start_gateway()
+    make_stack.start_worker()
+    job_id = invoke(gateway.url, "chatty", {"text": "hello"}, prefab_id="behaviours")
+    with httpx.stream("GET", f"{gateway.url}/jobs/{job_id}/events", params={"token": "t0ps3cret"}, timeout=30) as s:
+        assert s.status_code == 200 and "done" in s.read().decode()
+    assert httpx.get(f"{gateway.url}/jobs/nope").status_code == 404
+    deadline = time.monotonic() + 30
+    while True:
+        access = [line for line in json_lines(gateway) if line.get("logger") == "gateway.access"]
+        if len(access) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    lines = {line["msg"].split('"')[1]: line for line in access}
+    assert lines["POST /invoke HTTP/1.1"]["status"] == 202
+    stream = lines[f"GET /jobs/{job_id}/events?token=[redacted] HTTP/1.1"]
+    assert stream["status"] == 200 and stream["duration_s"] > 0 and stream["msg"].endswith(" 200")
+    assert lines["GET /jobs/nope HTTP/1.1"]["status"] == 404
+    assert "t0ps3cret" not in gateway.log()
