@@ -30,6 +30,7 @@ from gateway.auth import Authenticator, requirement
 from gateway.body_limit import BodyLimit
 from gateway.catalog import CatalogView
 from gateway.deps import GatewayState
+from gateway.express import ExpressLane
 from gateway.files import FileService
 from gateway.housekeeping import reap_forever, sweep_forever
 from gateway.jobs import JobService
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ecosystem_router())
     # Uploads check their own limit (max_file_bytes, max_wheel_bytes) as they stream in.
     uploads = ("/files", "/internal/files/upload", "/internal/files/put/", "/v1/deploy")
+    app.add_middleware(ExpressLane)  # the innermost: every middleware added after it wraps its answers too
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=uploads)
     if settings.cors_origins:
         app.add_middleware(

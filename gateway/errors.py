@@ -175,10 +175,23 @@ def _counted(handler: Handler) -> Handler:
     return counting
 
 
+# Each failure's handler, the most specific first (none of these classes derives from another but Exception).
+_HANDLERS: tuple[tuple[type[Exception], Handler], ...] = (
+    (FactoryError, _counted(_factory_error)),
+    (RequestValidationError, _counted(_request_validation)),
+    (StarletteHTTPException, _counted(_http_error)),
+    (RedisConnectionError, _counted(_redis_down)),
+    (RedisTimeoutError, _counted(_redis_down)),
+    (Exception, _counted(_unexpected)),
+)
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(FactoryError, _counted(_factory_error))
-    app.add_exception_handler(RequestValidationError, _counted(_request_validation))
-    app.add_exception_handler(StarletteHTTPException, _counted(_http_error))
-    app.add_exception_handler(RedisConnectionError, _counted(_redis_down))
-    app.add_exception_handler(RedisTimeoutError, _counted(_redis_down))
-    app.add_exception_handler(Exception, _counted(_unexpected))
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)
+
+
+async def answer(request: Request, exc: Exception) -> JSONResponse:
+    """The response the app's handlers give ``exc``, for a request served outside its routes (``gateway.express``)."""
+    handler = next(handler for kind, handler in _HANDLERS if isinstance(exc, kind))
+    return await handler(request, exc)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from factory.errors import BadRequest
 from factory.jobs import JobStatus
-from gateway.deps import StateDep
+from gateway.deps import GatewayState, StateDep
 from gateway.jobs import JobFilter
 from gateway.numbers import whole_number
 from gateway.relay import FIRST_PAGE
@@ -39,7 +39,8 @@ async def get_job(job_id: str, state: StateDep) -> JobView:
 MAX_SEQ = 10**18 - 1
 
 
-def _last_seq(header: str | None, query: int | None) -> int:
+def last_seq_of(header: str | None, query: int | None) -> int:
+    """The seq a reader resumes after: its ``Last-Event-ID`` header, else the query's, else 0."""
     if header is None:
         return query or 0
     value = whole_number(header.strip())
@@ -64,8 +65,11 @@ async def job_events(
     last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0, le=MAX_SEQ)] = None,
 ) -> Response:
     """SSE: the log after ``Last-Event-ID`` (or from the start), then live, to the terminal event."""
-    last_seq = _last_seq(last_event_id, last_event_id_query)
+    return await events_response(state, job_id, last_seq_of(last_event_id, last_event_id_query))
 
+
+async def events_response(state: GatewayState, job_id: str, last_seq: int) -> Response:
+    """``GET /jobs/{id}/events`` from ``last_seq``: the stream, or 204 when the job ended there."""
     # The log's first page comes with the record: a job's events already written cost one round trip.
     record, length, read_ahead = await state.jobs.get_with_events(job_id, last_seq, FIRST_PAGE)
     if last_seq > length:
