@@ -108,13 +108,24 @@ class RelayHub:
                 pass
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def subscribe(self, job_id: str, *, wait: bool = True) -> Subscriber:
-        """Join the job's channel; returns once Redis confirmed the subscription (with ``wait``
-        false: once it is asked for; :meth:`confirmation` waits for it then)."""
+    async def subscribe(self, job_id: str) -> Subscriber:
+        """Join the job's channel; returns once Redis confirmed the subscription."""
+        subscriber = self.join(job_id)
+        await self.confirmation(subscriber)
+        return subscriber
+
+    def join(self, job_id: str) -> Subscriber:
+        """A reader's mailbox on the job's channel, counted at once; the channel is subscribed (when
+        it is not yet) by its :meth:`confirmation`, so a reader with events to send first sends them
+        before that round trip. Whatever is published before the confirmation is in the log."""
         channel = keys.events_channel(job_id)
         subscriber = Subscriber(channel, self._buffer)
-        readers = self._subscribers.setdefault(channel, set())
-        readers.add(subscriber)
+        self._subscribers.setdefault(channel, set()).add(subscriber)
+        return subscriber
+
+    async def _ask(self, subscriber: Subscriber) -> "asyncio.Future[None]":
+        """The subscription of the subscriber's channel, asked of Redis by its first reader."""
+        channel = subscriber.channel
         confirmed = self._confirmed.get(channel)
         if confirmed is None:
             confirmed = asyncio.get_running_loop().create_future()
@@ -126,10 +137,7 @@ class RelayHub:
             except BaseException:
                 await self.unsubscribe(subscriber)
                 raise
-        subscriber.confirmed = confirmed
-        if wait:
-            await self.confirmation(subscriber)
-        return subscriber
+        return confirmed
 
     def detached(self, job_id: str) -> Subscriber:
         """A mailbox on no channel, for a reader that has read its stream's end already: nothing is
@@ -137,9 +145,10 @@ class RelayHub:
         return Subscriber(keys.events_channel(job_id), self._buffer)
 
     async def confirmation(self, subscriber: Subscriber) -> None:
-        """Wait until Redis confirmed the subscriber's channel (:class:`TimeoutError` past
-        :data:`SUBSCRIBE_TIMEOUT_S`, and the subscriber leaves)."""
-        assert subscriber.confirmed is not None
+        """Subscribe the subscriber's channel if nobody did, and wait until Redis confirmed it
+        (:class:`TimeoutError` past :data:`SUBSCRIBE_TIMEOUT_S`, and the subscriber leaves)."""
+        if subscriber.confirmed is None:
+            subscriber.confirmed = await self._ask(subscriber)
         if subscriber.confirmed.done() and not subscriber.confirmed.cancelled():
             return
         try:
@@ -157,7 +166,9 @@ class RelayHub:
             return
         del self._subscribers[subscriber.channel]
         confirmed = self._confirmed.pop(subscriber.channel, None)
-        if confirmed is not None and not confirmed.done():
+        if confirmed is None:
+            return  # its readers left before any of them asked Redis for it
+        if not confirmed.done():
             confirmed.cancel()
         try:
             async with self._commands:

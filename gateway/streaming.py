@@ -186,15 +186,15 @@ async def open_stream(
     checked: bool = False,
     read_ahead: list[bytes] | None = None,
 ) -> RelayResponse:
-    """Subscribe now (so nothing published from here on is missed) and return the stream.
+    """Subscribe (so nothing published from then on is missed) and return the stream.
 
     ``checked``: the caller ran :func:`check_capacity` already (before enqueueing a job whose
     only reader this is, so a refusal never leaves a job nobody knows the id of).
 
     ``read_ahead``: the log after ``last_seq`` as far as the caller read it already (with the
-    job's record). Those events go out without waiting for the subscription's confirmation; the
-    stream then waits for it and reads the log again from there (``gateway.relay``). When they
-    end the stream (a job that ended), nothing is subscribed at all: the stream is one write.
+    job's record). Those events go out before the job's channel is asked for; the stream then
+    subscribes, waits for the confirmation and reads the log again from there (``gateway.relay``).
+    When they end the stream (a job that ended), nothing is subscribed at all: the stream is one write.
     """
     if not checked:
         check_capacity(state, job_id)
@@ -203,7 +203,7 @@ async def open_stream(
     elif ends_stream(read_ahead):
         subscriber = state.hub.detached(job_id)
     else:
-        subscriber = await state.hub.subscribe(job_id, wait=False)
+        subscriber = state.hub.join(job_id)  # subscribed once the read-ahead is sent (gateway.relay)
     settings = state.settings
     if last_seq > 0:
         state.metrics.resumes.inc()
