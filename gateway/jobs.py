@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 
@@ -117,20 +118,25 @@ class JobService:
 
     async def get(self, job_id: str) -> tuple[JobRecord, int]:
         """The job's record and its last event id; :class:`JobNotFound` when unknown or expired."""
-        record, length, _ = await self.get_with_events(job_id, 0, 0)
-        return record, length
-
-    async def get_with_events(self, job_id: str, after_seq: int, count: int) -> tuple[JobRecord, int, list[bytes]]:
-        """:meth:`get`, and up to ``count`` events of the job's log after ``after_seq``, in the same round trip."""
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.job_key(job_id))
             pipe.llen(keys.events_key(job_id))
-            if count > 0:
-                pipe.lrange(keys.events_key(job_id), after_seq, after_seq + count - 1)
-            fields, length, *events = await pipe.execute()
+            fields, length = await pipe.execute()
         if not fields:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its retention ended)")
-        return JobRecord.from_hash(fields), int(length), events[0] if events else []
+        return JobRecord.from_hash(fields), int(length)
+
+    async def stream_head(self, job_id: str, after_seq: int, count: int) -> tuple[JobStatus, int, list[bytes]]:
+        """What a stream starts from, in one round trip: the job's status, its last event id and up to
+        ``count`` events after ``after_seq``; :class:`JobNotFound` when unknown or expired."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.job_key(job_id), "status")
+            pipe.llen(keys.events_key(job_id))
+            pipe.lrange(keys.events_key(job_id), after_seq, after_seq + count - 1)
+            status, length, events = await pipe.execute()
+        if status is None:
+            raise JobNotFound(f"no job {job_id!r} (unknown, or its retention ended)")
+        return JobStatus(orjson.loads(status)), int(length), events
 
     async def recent(self, limit: int, match: JobFilter | None = None) -> list[tuple[JobRecord, int]]:
         """The newest jobs first, at most ``limit``, those ``match`` accepts (it looks at most RECENT_SCAN deep)."""

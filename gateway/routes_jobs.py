@@ -71,10 +71,10 @@ async def job_events(
 async def events_response(state: GatewayState, job_id: str, last_seq: int) -> Response:
     """``GET /jobs/{id}/events`` from ``last_seq``: the stream, or 204 when the job ended there."""
     # The log's first page comes with the record: a job's events already written cost one round trip.
-    record, length, read_ahead = await state.jobs.get_with_events(job_id, last_seq, FIRST_PAGE)
+    status, length, read_ahead = await state.jobs.stream_head(job_id, last_seq, FIRST_PAGE)
     if last_seq > length:
         raise BadRequest(f"Last-Event-ID {last_seq} is beyond the job's last event ({length})")
-    if record.status.is_final and last_seq >= length:
+    if status.is_final and last_seq >= length:
         return Response(status_code=204)
     return await open_stream(state, job_id, last_seq, {"X-Job-Id": job_id}, read_ahead=read_ahead)
 
