@@ -6,10 +6,12 @@ imports worker code. Each enqueue also rings the queue's doorbell, which wakes t
 blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up hint only.
 """
 
+import functools
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from factory.errors import ServiceUnavailable
 from factory.jobs import InvocationRequest, JobRecord
@@ -85,5 +87,11 @@ async def enqueue_async(
     sends nothing here), sent through ``client`` with no thread hop, in one round trip."""
     writes = _writes(recorder, settings, record, request)
     queue = keys.rq_queue_key(queue_for(settings, request))
-    waiting = await client.register_script(ENQUEUE_LUA)(keys=[queue], args=[settings.max_queue_length, *writes])
+    waiting = await _enqueue_script(client)(keys=[queue], args=[settings.max_queue_length, *writes])
     _check_room(settings, int(waiting))
+
+
+@functools.lru_cache(maxsize=16)
+def _enqueue_script(client: aioredis.Redis) -> AsyncScript:
+    """:data:`ENQUEUE_LUA` on ``client``, made once (loaded into Redis again by itself when Redis lost it)."""
+    return client.register_script(ENQUEUE_LUA)

@@ -87,25 +87,37 @@ def add_job_on(
     description; each job fills in its id, its call and its times, which is all RQ's writes of it
     differ in. RQ's ``Job`` (its serializer checks, its dict) cost more than the rest of an enqueue.
     """
+    writes = _rq_writes(client, queue_name, func, timeout_s, ttl_s, description)
     call = zlib.compress(JSONSerializer.dumps((func, None, args, {})))  # type: ignore[no-untyped-call]
     stamp = rq_time()
     own = {fields.RQ_DATA: call, fields.RQ_CREATED_AT: stamp, fields.RQ_ENQUEUED_AT: stamp}
-    for command in _rq_writes(client, queue_name, func, timeout_s, ttl_s, description):
-        filled = [job_id.join(arg.split(_PLACEHOLDER_ID)) if isinstance(arg, str) else arg for arg in command]
-        if filled[0] == "HSET":
-            for at in range(2, len(filled) - 1, 2):
-                filled[at + 1] = own.get(filled[at], filled[at + 1])
-        pipe.execute_command(*filled)  # type: ignore[no-untyped-call]
+    commands = [list(command) for command in writes.commands]
+    for command, at, before, after in writes.ids:
+        commands[command][at] = before + job_id + after
+    for command, at, name in writes.own:
+        commands[command][at] = own[name]
+    for command_args in commands:
+        pipe.execute_command(*command_args)  # type: ignore[no-untyped-call]
 
 
 _PLACEHOLDER_ID = "rqview-placeholder-job"
+_OWN_FIELDS = (fields.RQ_DATA, fields.RQ_CREATED_AT, fields.RQ_ENQUEUED_AT)
+
+
+@dataclass(frozen=True)
+class _RQWrites:
+    """RQ's writes creating a job, and where each job's own values go in them."""
+
+    commands: tuple[tuple[Any, ...], ...]
+    ids: tuple[tuple[int, int, str, str], ...]  # (command, argument, text before the job's id, after it)
+    own: tuple[tuple[int, int, str], ...]  # (command, argument, field): a hash value of the job's own
 
 
 @functools.lru_cache(maxsize=1024)
 def _rq_writes(
     client: redis.Redis, queue_name: str, func: str, timeout_s: int, ttl_s: int, description: str
-) -> tuple[tuple[Any, ...], ...]:
-    """What RQ's ``enqueue_call`` writes for a job of ``func`` on the queue, with a placeholder id
+) -> _RQWrites:
+    """What RQ's ``enqueue_call`` writes for a job of ``func`` on the queue, made with a placeholder id
     (in its key names and on the queue) and no arguments; nothing is sent."""
     with client.pipeline() as pipe:
         pipe.multi()
@@ -119,7 +131,17 @@ def _rq_writes(
             description=description,
             pipeline=pipe,
         )
-        return tuple(tuple(args) for args, _ in pipe.command_stack)
+        commands = tuple(tuple(args) for args, _ in pipe.command_stack)
+    ids: list[tuple[int, int, str, str]] = []
+    own: list[tuple[int, int, str]] = []
+    for command, args in enumerate(commands):
+        for at, arg in enumerate(args):
+            if isinstance(arg, str) and _PLACEHOLDER_ID in arg:
+                before, _, after = arg.partition(_PLACEHOLDER_ID)
+                ids.append((command, at, before, after))
+        if args[0] == "HSET":
+            own += [(command, at + 1, args[at]) for at in range(2, len(args) - 1, 2) if args[at] in _OWN_FIELDS]
+    return _RQWrites(commands, tuple(ids), tuple(own))
 
 
 @functools.lru_cache(maxsize=4096)
