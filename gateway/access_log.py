@@ -11,29 +11,31 @@ request would otherwise write a live credential to the log.
 """
 
 import logging
-import re
 import time
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ACCESS_LOGGER = "gateway.access"
 REDACTED = "[redacted]"
-# ``token=<value>`` as a query parameter, in any case.
-_TOKEN = re.compile(r"([?&]token=)[^&#\s]*", re.IGNORECASE)
 
 logger = logging.getLogger(ACCESS_LOGGER)
 
 
-def redact(path: str) -> str:
-    """``path`` with the value of every ``token`` query parameter replaced."""
-    return _TOKEN.sub(r"\g<1>" + REDACTED, path)
+def redact(query: str) -> str:
+    """``query`` with the value of every ``token`` parameter replaced, its name read as the app reads
+    it (``%74oken`` is ``token`` too); unchanged when it has none."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(name.lower() == "token" for name, _ in pairs):
+        return query
+    return urlencode([(name, REDACTED if name.lower() == "token" else value) for name, value in pairs], safe="[]")
 
 
 def _request_line(scope: Scope) -> str:
-    path = scope.get("raw_path") or scope["path"].encode()
-    query = scope.get("query_string") or b""
-    target = (path + b"?" + query if query else path).decode("latin-1")
-    return f"{scope['method']} {redact(target)} HTTP/{scope.get('http_version', '1.1')}"
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    target = f"{path}?{redact(query)}" if query else path
+    return f"{scope['method']} {target} HTTP/{scope.get('http_version', '1.1')}"
 
 
 class AccessLog:

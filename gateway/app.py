@@ -1,4 +1,6 @@
-"""create_app(): the gateway's FastAPI application, started with ``uvicorn --factory``.
+"""create_app(): the gateway's FastAPI application, served by ``python -m gateway`` (``gateway.__main__``:
+uvicorn with the gateway's connection guard and without uvicorn's access log, the app writing its
+own; under plain ``uvicorn --factory``, pass ``--no-access-log`` too).
 
 The lifespan opens Redis (async for reads and the relay, sync for RQ's enqueue), deploys the
 configured prefab folders (records only: no prefab code is imported here), follows the catalog

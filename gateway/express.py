@@ -4,19 +4,21 @@
 ``GET /jobs/{id}/events`` are on every call's path to its first event. FastAPI's layers for one
 request (its middleware, routing, dependencies, parameter and body handling) took about 0.3 ms of
 the ~3.5 ms to a first event on the benchmark's machine (``bench/RESULTS.md``). This ASGI layer, the
-innermost middleware, serves those requests when they are plain: no query string, a JSON body that
-validates, and, with auth on, an ``Authorization: Bearer`` credential the authenticator accepts.
-It calls the very functions the routes call (``gateway.routes_invoke``, ``gateway.routes_jobs``).
+innermost middleware, serves those requests when they are plain: no query string, no root path, a
+JSON body that validates, and, with auth on, an ``Authorization: Bearer`` credential. It calls the
+very functions the routes call (``gateway.routes_invoke``, ``gateway.routes_jobs``), and their
+refusals (an unknown function, inputs against the manifest, a wrong credential, a full queue) and
+failures are answered by the handlers the app's would reach (:func:`gateway.errors.answer`).
 
-Everything else goes to the app unchanged (the body read here is replayed to it), and so does any
-failure before the call's job is enqueued: every refusal is the app's own response, and the routes
-stay the one definition of each endpoint, its OpenAPI schema and its errors. A failure after the
-enqueue is answered by the app's exception handlers (:func:`gateway.errors.answer`), so a call is
-never enqueued twice.
+Everything else goes to the app unchanged (the body read here is replayed to it): another content
+type, a body that does not validate (the app's messages name fields its own way), any other
+method or path. The routes stay the one definition of each endpoint and its OpenAPI schema. A
+call is never enqueued twice: nothing is handed to the app once the lane began its answer.
 """
 
 from collections.abc import Awaitable, Callable
 
+from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
@@ -45,12 +47,18 @@ class ExpressLane:
             await self.app(scope, receive, send)
             return
         read: list[Message] = []
+        request = Request(scope, receive)
+        answer: Answer | None
         try:
             answer = await self._prepare(kind, scope, receive, read)
-        except Exception:  # _NotExpress, or a refusal: nothing was written, the app answers it as it does
+        except (_NotExpress, ValidationError):
+            answer = None  # the app's, with its own parsing and its messages
+        except Exception as exc:  # a refusal, nothing written: answered by the handlers the app's would reach
+            refusal = exc
+            answer = lambda: errors.answer(request, refusal)  # noqa: E731
+        if answer is None:
             await self.app(scope, _replaying(read, receive), send)
             return
-        request = Request(scope, receive)
         try:
             response = await answer()
         except Exception as exc:  # the job may exist now: the app's handlers answer, nothing runs twice

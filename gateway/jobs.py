@@ -112,7 +112,7 @@ class JobService:
             "function": record.function_name,
             "queue": keys.prefab_queue_name(self.settings.queue_name, record.prefab_id),
         }
-        # Written once the caller has its answer (the loop's next turn), not before it.
+        # Written on the loop's next turn: by then a plain answer (202) has been written to the caller.
         asyncio.get_running_loop().call_soon(functools.partial(logger.info, "job queued", extra=queued))
         return record
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from factory.events import TERMINAL_TYPES, split_batch
@@ -178,10 +179,22 @@ class EventStream:
             await self.hub.unsubscribe(subscriber)
 
     async def _confirmed(self, subscriber: Subscriber) -> None:
-        try:
-            await self.hub.confirmation(subscriber)
-        except TimeoutError as exc:
-            raise StoreUnreachable("Redis did not confirm the subscription") from exc
+        """The subscription, confirmed; rides out a Redis outage up to ``outage_s``, as reading the log does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.outage_s
+        delay_s = 0.1
+        while True:
+            try:
+                await self.hub.confirmation(subscriber)
+                return
+            except TimeoutError as exc:
+                raise StoreUnreachable("Redis did not confirm the subscription") from exc
+            except (RedisError, OSError) as exc:
+                if loop.time() + delay_s > deadline:
+                    raise StoreUnreachable(f"Redis unreachable for {self.limits.outage_s:g} s ({exc})") from exc
+                logger.warning("cannot subscribe (%s); retrying in %.1f s", exc, delay_s, extra={"job_id": self.job_id})
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
 
     async def _replay(self) -> AsyncGenerator[bytes, None]:
         """The log after ``last_seq``, a page at a time, each page sized to ``buffer_bytes``."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from factory.store import keys
@@ -109,9 +110,13 @@ class RelayHub:
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def subscribe(self, job_id: str) -> Subscriber:
-        """Join the job's channel; returns once Redis confirmed the subscription."""
+        """Join the job's channel; returns once Redis confirmed the subscription (else leaves it, and raises)."""
         subscriber = self.join(job_id)
-        await self.confirmation(subscriber)
+        try:
+            await self.confirmation(subscriber)
+        except BaseException:
+            await self.unsubscribe(subscriber)
+            raise
         return subscriber
 
     def join(self, job_id: str) -> Subscriber:
@@ -134,8 +139,13 @@ class RelayHub:
                 async with self._commands:
                     await self._pubsub.subscribe(channel)
                 self._has_channels.set()
-            except BaseException:
-                await self.unsubscribe(subscriber)
+            except BaseException as exc:
+                # Nothing was subscribed: the channel's next reader asks again, and those waiting fail now.
+                if self._confirmed.get(channel) is confirmed:
+                    del self._confirmed[channel]
+                failure = exc if isinstance(exc, RedisError | OSError) else RedisConnectionError(str(exc))
+                confirmed.set_exception(failure)
+                confirmed.exception()  # retrieved here: the channel may have no other reader waiting
                 raise
         return confirmed
 
@@ -145,17 +155,15 @@ class RelayHub:
         return Subscriber(keys.events_channel(job_id), self._buffer)
 
     async def confirmation(self, subscriber: Subscriber) -> None:
-        """Subscribe the subscriber's channel if nobody did, and wait until Redis confirmed it
-        (:class:`TimeoutError` past :data:`SUBSCRIBE_TIMEOUT_S`, and the subscriber leaves)."""
-        if subscriber.confirmed is None:
-            subscriber.confirmed = await self._ask(subscriber)
-        if subscriber.confirmed.done() and not subscriber.confirmed.cancelled():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(subscriber.confirmed), SUBSCRIBE_TIMEOUT_S)
-        except BaseException:
-            await self.unsubscribe(subscriber)
-            raise
+        """Subscribe the subscriber's channel if nobody did (or the last ask failed), and wait until
+        Redis confirmed it: :class:`TimeoutError` past :data:`SUBSCRIBE_TIMEOUT_S`, Redis' error when
+        the subscribe could not be sent. The subscriber stays joined either way: it can ask again, and
+        its reader unsubscribes it when done."""
+        confirmed = subscriber.confirmed
+        if confirmed is None or (confirmed.done() and (confirmed.cancelled() or confirmed.exception() is not None)):
+            confirmed = subscriber.confirmed = await self._ask(subscriber)
+        if not confirmed.done():
+            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
 
     async def unsubscribe(self, subscriber: Subscriber) -> None:
         readers = self._subscribers.get(subscriber.channel)

@@ -40,7 +40,8 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings.model_copy(update={"max_queue_length": 3}))) as client:
+    # No worker runs: a non-streaming seed call answers 202 after sync_wait_s.
+    with TestClient(create_app(settings.model_copy(update={"max_queue_length": 3, "sync_wait_s": 0.2}))) as client:
         yield client
 
 
@@ -120,6 +121,17 @@ def test_seed_form_refusals_are_the_routes(
 ) -> None:
     _alike(client.post(path, json=body), client.post(f"{path}{VIA_APP}", json=body))
     assert served == []
+
+
+def test_seed_form_calls_answer_as_the_route(client: TestClient, served: list[str]) -> None:
+    """The queue holds 3 jobs: two calls through the lane, one through the app."""
+    app = client.post(f"/invoke/typed{VIA_APP}", json={"inputs": {"text": "a"}})
+    for path in ("/invoke/typed", "/invoke/behaviours/typed"):
+        lane = client.post(path, json={"inputs": {"text": "a"}})
+        _alike(lane, app)
+        assert lane.status_code == 202 and set(lane.json()) == set(app.json())
+        assert lane.headers["x-job-id"] == lane.json()["job_id"] != app.headers["x-job-id"]
+    assert served == ["answer_seed_call"] * 2
 
 
 def test_events_of_an_ended_job_and_refusals_are_the_routes(client: TestClient, served: list[str]) -> None:

@@ -96,18 +96,21 @@ def test_each_request_has_one_access_line_once_its_response_is_complete(make_sta
     gateway = make_stack.start_gateway()
     make_stack.start_worker()
     job_id = invoke(gateway.url, "chatty", {"text": "hello"}, prefab_id="behaviours")
-    with httpx.stream("GET", f"{gateway.url}/jobs/{job_id}/events", params={"token": "t0ps3cret"}, timeout=30) as s:
+    with httpx.stream("GET", f"{gateway.url}/jobs/{job_id}/events?%74oken=t0ps3cret", timeout=30) as s:
         assert s.status_code == 200 and "done" in s.read().decode()
     assert httpx.get(f"{gateway.url}/jobs/nope").status_code == 404
     deadline = time.monotonic() + 30
     while True:
         access = [line for line in json_lines(gateway) if line.get("logger") == "gateway.access"]
-        if len(access) >= 3 or time.monotonic() > deadline:
+        if len(access) >= 3 and "nope" in access[-1]["msg"] or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    lines = {line["msg"].split('"')[1]: line for line in access}
+    requests = [line["msg"].split('"')[1] for line in access]
+    lines = {request: line for request, line in zip(requests, access, strict=True)}
     assert lines["POST /invoke HTTP/1.1"]["status"] == 202
     stream = lines[f"GET /jobs/{job_id}/events?token=[redacted] HTTP/1.1"]
     assert stream["status"] == 200 and stream["duration_s"] > 0 and stream["msg"].endswith(" 200")
     assert lines["GET /jobs/nope HTTP/1.1"]["status"] == 404
+    ours = ("POST /invoke HTTP/1.1", f"GET /jobs/{job_id}/events?token=[redacted] HTTP/1.1", "GET /jobs/nope HTTP/1.1")
+    assert [requests.count(request) for request in ours] == [1, 1, 1]  # one line per request (the rest: probes)
     assert "t0ps3cret" not in gateway.log()

@@ -291,7 +291,7 @@ def test_a_reader_stalled_past_its_buffer_holds_no_one_up_and_resyncs_from_the_l
     url = f"{gateway.url}/jobs/{job_id}/events"
     store = redis.Redis.from_url(redis_url)
     with httpx.stream("GET", url, timeout=60) as stalled:
-        assert stalled.status_code == 200  # subscribed: from here on every event reaches its mailbox
+        assert stalled.status_code == 200  # open: every event reaches it, from the log or its mailbox
         make_stack.start_worker()
         seqs: list[int] = []
 

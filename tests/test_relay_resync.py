@@ -17,6 +17,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from factory.settings import Settings
 from factory.store import keys
@@ -354,3 +355,45 @@ def test_a_reader_of_an_ended_job_reads_it_in_one_round_trip_and_subscribes_to_n
         assert response.status_code == 200
         assert [orjson.loads(data)["type"] for _, data in parse([response.content.partition(b"\n\n")[2]])] == ["error"]
         assert calls("subscribe") == subscribes and log_reads(admin) == reads + 1
+
+
+def test_a_subscribe_that_fails_is_asked_again_and_nothing_is_lost(redis_url: str) -> None:
+    """The channel's first SUBSCRIBE fails (a connection error injected into the hub's subscribe):
+    the stream, its read-ahead already sent, asks again instead of ending, and then reads the log
+    and the channel as usual. Another reader of the job arriving meanwhile is not left waiting on the
+    failed ask."""
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+    lose(admin, job_id, event(1))
+    read_ahead = log_of(admin, job_id)
+    lose(admin, job_id, event(2))
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, client_name=HUB)
+        hub = RelayHub(client)
+        await hub.start()
+        real_subscribe = hub._pubsub.subscribe
+        refused: list[str] = []
+
+        async def refuse_once(*channels: str) -> None:
+            if not refused:
+                refused.append(channels[0])
+                raise RedisConnectionError("Connection reset by peer")
+            await real_subscribe(*channels)
+
+        hub._pubsub.subscribe = refuse_once  # type: ignore[method-assign]
+        subscriber = hub.join(job_id)
+        limits = ReaderLimits(poll_s=60.0, idle_timeout_s=3600, outage_s=30.0)
+        reader = Reader(client, hub, subscriber, EventStream(client, hub, job_id, 0, limits, read_ahead))
+        try:
+            assert await reader.take(1) == [(1, event(1))]
+            assert await reader.take(1) == [(2, event(2))]  # asked again, confirmed, the log read after
+            assert refused == [keys.events_channel(job_id)]
+            other = await hub.subscribe(job_id)  # confirmed at once: the failed ask left nothing behind
+            await append(client, job_id, DONE)
+            assert await reader.rest() == [(3, DONE)]
+            await hub.unsubscribe(other)
+        finally:
+            await reader.close()
+
+    run(scenario)

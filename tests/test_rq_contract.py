@@ -109,13 +109,19 @@ def _but_times(commands: list[tuple[tuple[object, ...], dict[str, object]]]) -> 
 def test_a_job_is_written_as_rqs_own_enqueue_writes_it(client: redis.Redis) -> None:
     """``add_job_on`` fills in RQ's writes made once per queue and function: for any job, the
     commands RQ's ``enqueue_call`` sends, but for the times."""
-    queue = Queue("q", connection=client, serializer=JSONSerializer)
+    # The second queue's prefab id is the text RQ's writes are made with in place of a job's id.
+    for name, description in (("q", "p.f"), ("factory.rqview_placeholder_job", "rqview_placeholder_job.f")):
+        _assert_rqs_own_writes(client, name, description)
+
+
+def _assert_rqs_own_writes(client: redis.Redis, name: str, description: str) -> None:
+    queue = Queue(name, connection=client, serializer=JSONSerializer)
     for job_id, inputs in (("j-1", {"count": 1}), ("j-2", {"text": "ünï \u2028 code", "n": [1, 2.5, None]})):
         args = [{"job_id": job_id, "inputs": inputs}]
         with client.pipeline() as ours, client.pipeline() as rqs:
             ours.multi()
             rqs.multi()
-            rqview.add_job_on(ours, client, "q", job_id, TASK, args, timeout_s=37, ttl_s=90, description="p.f")
+            rqview.add_job_on(ours, client, name, job_id, TASK, args, timeout_s=37, ttl_s=90, description=description)
             queue.enqueue_call(
                 TASK,
                 args=args,
@@ -123,14 +129,16 @@ def test_a_job_is_written_as_rqs_own_enqueue_writes_it(client: redis.Redis) -> N
                 timeout=37,
                 result_ttl=90,
                 failure_ttl=90,
-                description="p.f",
+                description=description,
                 pipeline=rqs,
             )
             assert _but_times(ours.command_stack) == _but_times(rqs.command_stack)
             ours.execute()
         job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
-        assert (job.func_name, list(job.args), job.timeout, job.description) == (TASK, args, 37, "p.f")
-        assert job.enqueued_at is not None and job.created_at is not None
+        assert (job.func_name, list(job.args), job.timeout, job.description) == (TASK, args, 37, description)
+        assert job.enqueued_at is not None and job.created_at is not None and job.origin == name
+        client.delete(job.key)
+    assert queue.get_job_ids() == ["j-1", "j-2"]
 
 
 def test_an_enqueued_job_has_the_fields_and_call_the_scripts_read(

@@ -152,8 +152,8 @@ class InvocationRunner:
 
     @property
     def publisher(self) -> EventPublisher:
-        """The job's publisher, made at first use: once the prefab's runner has its order, so
-        making it runs beside the function's start instead of before it."""
+        """The job's publisher, made at first use: for a function's run, once its runner has its
+        order, so making it runs beside the function's start instead of before it."""
         if self._publisher is None:
             settings = self.runtime.settings
             self._publisher = EventPublisher(

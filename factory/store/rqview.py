@@ -92,15 +92,16 @@ def add_job_on(
     stamp = rq_time()
     own = {fields.RQ_DATA: call, fields.RQ_CREATED_AT: stamp, fields.RQ_ENQUEUED_AT: stamp}
     commands = [list(command) for command in writes.commands]
-    for command, at, before, after in writes.ids:
-        commands[command][at] = before + job_id + after
+    job_key = keys.rq_job_key(job_id)
+    for command, at, is_key in writes.ids:
+        commands[command][at] = job_key if is_key else job_id
     for command, at, name in writes.own:
         commands[command][at] = own[name]
     for command_args in commands:
         pipe.execute_command(*command_args)  # type: ignore[no-untyped-call]
 
 
-_PLACEHOLDER_ID = "rqview-placeholder-job"
+_PLACEHOLDER_ID = "rqview_placeholder_job"  # no dot: never a queue name (``factory.<prefab>``) nor a description
 _OWN_FIELDS = (fields.RQ_DATA, fields.RQ_CREATED_AT, fields.RQ_ENQUEUED_AT)
 
 
@@ -109,7 +110,7 @@ class _RQWrites:
     """RQ's writes creating a job, and where each job's own values go in them."""
 
     commands: tuple[tuple[Any, ...], ...]
-    ids: tuple[tuple[int, int, str, str], ...]  # (command, argument, text before the job's id, after it)
+    ids: tuple[tuple[int, int, bool], ...]  # (command, argument, True: the job's hash key / False: its id)
     own: tuple[tuple[int, int, str], ...]  # (command, argument, field): a hash value of the job's own
 
 
@@ -132,15 +133,21 @@ def _rq_writes(
             pipeline=pipe,
         )
         commands = tuple(tuple(args) for args, _ in pipe.command_stack)
-    ids: list[tuple[int, int, str, str]] = []
+    placeholder_key = keys.rq_job_key(_PLACEHOLDER_ID)
+    ids: list[tuple[int, int, bool]] = []
     own: list[tuple[int, int, str]] = []
     for command, args in enumerate(commands):
-        for at, arg in enumerate(args):
-            if isinstance(arg, str) and _PLACEHOLDER_ID in arg:
-                before, _, after = arg.partition(_PLACEHOLDER_ID)
-                ids.append((command, at, before, after))
+        ids += [
+            (command, at, arg == placeholder_key)
+            for at, arg in enumerate(args)
+            if arg in (_PLACEHOLDER_ID, placeholder_key)
+        ]
         if args[0] == "HSET":
             own += [(command, at + 1, args[at]) for at in range(2, len(args) - 1, 2) if args[at] in _OWN_FIELDS]
+    # Each job's writes would otherwise be another job's, or lack its call: an RQ that writes a job
+    # otherwise than these places say is one the factory cannot enqueue through.
+    if not ({True, False} <= {is_key for _, _, is_key in ids} and {name for *_, name in own} == set(_OWN_FIELDS)):
+        raise RuntimeError(f"RQ {VERSION} writes a job in a way the factory does not know: {commands!r}")
     return _RQWrites(commands, tuple(ids), tuple(own))
 
 

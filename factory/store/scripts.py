@@ -77,8 +77,12 @@ for i = first_event, #ARGV do events[#events + 1] = ARGV[i] end
 local last = redis.call('RPUSH', log, unpack(events))
 if batch_id ~= '' then redis.call('HSET', job, 'batch', batch_id) end
 for i = 7, 6 + n_fields, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
-local labels = stats_outcomes and job_labels(job)
-local created = ms_field(job, 'created_ms')
+-- The statistics read the record for a job's first batch and its last only, not for each batch between.
+local labels, created
+if stats_outcomes and (length == 0 or mode ~= 'event') then
+  labels = job_labels(job)
+  created = ms_field(job, 'created_ms')
+end
 if stats_first and length == 0 and created then observe(stats_first, labels, (now_ms() - created) / 1000) end
 if mode == 'terminal' then
   redis.call('HSET', job, 'terminal', '1')
