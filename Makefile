@@ -35,12 +35,15 @@ test-under-load: $(STAMP_DEV)
 # the tests that reach the libraries' APIs, every one but those marked `churn` (pyproject.toml: their
 # time goes into starting, killing and outwaiting processes, on no API the others do not reach), the
 # benchmark's smoke run (a minute of measuring, on the APIs the streaming tests reach) and the fuzzing
-# with invalid requests (a minute; the valid half reaches the same validation and schema code), so
-# CI checks the floors in a few minutes. `make test-lowest ARGS=tests` runs the whole suite there instead.
+# with invalid requests (a minute; the valid half reaches the same validation and schema code), and
+# the tests whose time goes into tools outside the package's dependencies (the console's browser, the
+# seed's JavaScript client under node, the prefabs' own suites in their uv environments), so CI checks
+# the floors in a few minutes. `make test-lowest ARGS=tests` runs the whole suite there instead.
 LOWEST := .venv-lowest
 STAMP_LOWEST := $(LOWEST)/.installed
 LOWEST_SELECTION := -m "not churn" --deselect tests/test_bench_smoke.py \
-	--deselect "tests/test_fuzz.py::test_gateway_survives_fuzzing[invalid]"
+	--deselect "tests/test_fuzz.py::test_gateway_survives_fuzzing[invalid]" \
+	--deselect tests/test_console.py --deselect tests/test_seed_js_client.py --deselect tests/test_prefab_suites.py
 
 test-lowest: $(STAMP_LOWEST)
 	$(LOWEST)/bin/python -m pytest $(or $(ARGS),$(LOWEST_SELECTION))
