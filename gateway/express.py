@@ -19,7 +19,6 @@ call is never enqueued twice: nothing is handed to the app once the lane began i
 from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,7 +49,7 @@ class ExpressLane:
         request = Request(scope, receive)
         answer: Answer | None
         try:
-            answer = await self._prepare(kind, scope, receive, read)
+            answer = await self._prepare(kind, request, read)
         except (_NotExpress, ValidationError):
             answer = None  # the app's, with its own parsing and its messages
         except Exception as exc:  # a refusal, nothing written: answered by the handlers the app's would reach
@@ -65,20 +64,20 @@ class ExpressLane:
             response = await errors.answer(request, exc)
         await response(scope, receive, send)
 
-    async def _prepare(self, kind: str, scope: Scope, receive: Receive, read: list[Message]) -> Answer:
+    async def _prepare(self, kind: str, http: Request, read: list[Message]) -> Answer:
         """Check the request as the route would and prepare its call; :class:`_NotExpress` (or the
         failure) when the app must serve it. Nothing is written to the job store here."""
-        state: GatewayState = scope["state"]["gateway"]
-        path: str = scope["path"]
+        state: GatewayState = http.scope["state"]["gateway"]
+        path: str = http.scope["path"]
         parts = path.split("/")
         if kind == "events":
             job_id = parts[2]
-            _check_auth(state, scope, path, {"job_id": job_id})
-            last_seq = last_seq_of(Headers(scope=scope).get("last-event-id"), None)
+            _check_auth(state, http, path, {"job_id": job_id})
+            last_seq = last_seq_of(http.headers.get("last-event-id"), None)
             return lambda: events_response(state, job_id, last_seq)
-        _check_auth(state, scope, path, {})
-        body = await _json_body(scope, receive, read)
-        base_url = str(Request(scope).base_url)
+        _check_auth(state, http, path, {})
+        body = await _json_body(http, read)
+        base_url = str(http.base_url)
         if kind == "invoke":
             call = InvokeBody.model_validate_json(body)
             target, request = await prepare_call(state, call.prefab_id, call.function_name, call)
@@ -104,24 +103,24 @@ def _kind(scope: Scope) -> str | None:
     return None
 
 
-def _check_auth(state: GatewayState, scope: Scope, path: str, path_params: dict[str, str]) -> None:
+def _check_auth(state: GatewayState, http: Request, path: str, path_params: dict[str, str]) -> None:
     """Pass when auth is off, or the request's bearer credential is let through by the authenticator."""
     if state.auth is None:
         return
-    scheme, _, credentials = (Headers(scope=scope).get("authorization") or "").partition(" ")
+    scheme, _, credentials = (http.headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not credentials:
         raise _NotExpress
-    state.auth.check(scope["method"], path, path_params, credentials, None)
+    state.auth.check(http.method, path, path_params, credentials, None)
 
 
-async def _json_body(scope: Scope, receive: Receive, read: list[Message]) -> bytes:
+async def _json_body(http: Request, read: list[Message]) -> bytes:
     """The whole body of a JSON request (each message kept in ``read``, for the app if it serves it)."""
-    content_type = Headers(scope=scope).get("content-type", "")
+    content_type = http.headers.get("content-type", "")
     if content_type.partition(";")[0].strip().lower() != "application/json":
         raise _NotExpress
     chunks: list[bytes] = []
     while True:
-        message = await receive()
+        message = await http.receive()
         read.append(message)
         if message["type"] != "http.request":
             raise _NotExpress  # the client left (or a limit cut the body): the app sees it as it was
