@@ -6,12 +6,9 @@ imports worker code. Each enqueue also rings the queue's doorbell, which wakes t
 blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up hint only.
 """
 
-import functools
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from factory.errors import ServiceUnavailable
 from factory.jobs import InvocationRequest, JobRecord
@@ -19,7 +16,8 @@ from factory.retention import note_recent
 from factory.rqtask import TASK
 from factory.settings import Settings
 from factory.store import keys, rqview
-from factory.store.scripts import ENQUEUE_LUA
+from factory.store.scripts import ENQUEUE, ENQUEUE_LUA
+from factory.store.wire import AsyncWire
 
 # RQ's own deadline is a backstop behind the worker's: the worker kills a horse past it.
 RQ_TIMEOUT_MARGIN_S = 30
@@ -81,17 +79,11 @@ def enqueue(client: redis.Redis, settings: Settings, record: JobRecord, request:
 
 
 async def enqueue_async(
-    client: aioredis.Redis, recorder: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest
+    wire: AsyncWire, recorder: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest
 ) -> None:
     """:func:`enqueue` on the event loop: the same writes (made with ``recorder``, a sync client that
-    sends nothing here), sent through ``client`` with no thread hop, in one round trip."""
+    sends nothing here), sent on the gateway's lean connection (``factory.store.wire``) in one round trip."""
     writes = _writes(recorder, settings, record, request)
     queue = keys.rq_queue_key(queue_for(settings, request))
-    waiting = await _enqueue_script(client)(keys=[queue], args=[settings.max_queue_length, *writes])
+    waiting = await wire.run_script(ENQUEUE, [queue], [settings.max_queue_length, *writes])
     _check_room(settings, int(waiting))
-
-
-@functools.lru_cache(maxsize=16)
-def _enqueue_script(client: aioredis.Redis) -> AsyncScript:
-    """:data:`ENQUEUE_LUA` on ``client``, made once (loaded into Redis again by itself when Redis lost it)."""
-    return client.register_script(ENQUEUE_LUA)

@@ -26,6 +26,7 @@ from factory.connections import redis_async, redis_sync
 from factory.registry import register_folders
 from factory.settings import Settings
 from factory.storage import storage_from_settings
+from factory.store.wire import AsyncWire
 from gateway import errors, openapi, routes_deploy, routes_files, routes_invoke, routes_jobs, routes_meta, routes_ui
 from gateway.access_log import AccessLog
 from gateway.auth import Authenticator, requirement
@@ -77,6 +78,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         url = settings.require_redis_url()
         client = redis_async(url)
         sync_client = redis_sync(url)
+        wire = AsyncWire(url)
         folders = await _register_folders(sync_client, settings)
         catalog = CatalogView(
             client, settings.queue_without_worker, lambda deployed: openapi.use_catalog(app, deployed)
@@ -96,7 +98,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             settings=settings,
             redis=client,
             catalog=catalog,
-            jobs=JobService(settings, client, sync_client, catalog),
+            jobs=JobService(settings, client, sync_client, wire, catalog),
             hub=hub,
             metrics=metrics,
             files=files,
@@ -120,6 +122,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             # The pool was passed in: not closed by default.
             await _bounded(client.aclose(close_connection_pool=True), "the Redis client's close")
             sync_client.close()
+            wire.close()
 
     return lifespan
 

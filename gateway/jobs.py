@@ -24,6 +24,7 @@ from factory.settings import Settings
 from factory.store import keys, rqview
 from factory.store.eventlog import Outcome, append_keys, parse_append, terminal_error_args
 from factory.store.scripts import APPEND_LUA
+from factory.store.wire import AsyncWire
 from factory.validation import validate_file_groups, validate_inputs
 from gateway.catalog import CatalogView
 
@@ -57,9 +58,17 @@ class Submitted:
 
 
 class JobService:
-    def __init__(self, settings: Settings, client: aioredis.Redis, sync_client: redis.Redis, catalog: CatalogView):
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        sync_client: redis.Redis,
+        wire: AsyncWire,
+        catalog: CatalogView,
+    ):
         self.settings = settings
         self.client = client
+        self.wire = wire  # the enqueue's lean connection (``factory.store.wire``)
         self.sync_client = sync_client
         self.catalog = catalog
         self._append = client.register_script(APPEND_LUA)
@@ -103,7 +112,7 @@ class JobService:
             created_ms=request.created_ms,
             streaming=target.function.streaming,
         )
-        await enqueue_async(self.client, self.sync_client, self.settings, record, request)
+        await enqueue_async(self.wire, self.sync_client, self.settings, record, request)
         queued = {
             "job_id": record.job_id,
             "event": "queued",

@@ -17,6 +17,7 @@ from factory.events import EVENT_LIMIT, TERMINAL_TYPES, split_batch
 from factory.jobs import JobStatus, now_ms, terminal_fields
 from factory.store import executions, keys
 from factory.store.eventlog import Outcome
+from factory.store.wire import Wire
 from tests.job_log_kit import (
     event,
     held_writes,
@@ -39,9 +40,9 @@ def admin(redis_url: str) -> redis.Redis:
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
+def client(redis_url: str) -> Iterator[Wire]:
     """The publisher's own connection, named so that ``CLIENT LIST`` tells it apart."""
-    client = redis.Redis.from_url(redis_url, client_name=PUBLISHER)
+    client = Wire(f"{redis_url}?client_name={PUBLISHER}")
     yield client
     client.close()
 
@@ -69,9 +70,9 @@ class Channel:
         raise AssertionError(f"no terminal event on the channel; batches so far: {batches}")
 
 
-def publisher(client: redis.Redis, job_id: str, max_events: int = 0) -> EventPublisher:
+def publisher(client: Wire, admin: redis.Redis, job_id: str, max_events: int = 0) -> EventPublisher:
     """The publisher of an execution of the job (every write of one carries its token)."""
-    claim = executions.claim(client, job_id, 1, lost_after_s=600)
+    claim = executions.claim(admin, job_id, 1, lost_after_s=600)
     assert claim is not None
     return EventPublisher(client, job_id, max_events=max_events, retention_s=600, redis_outage_s=10, token=claim.token)
 
@@ -80,12 +81,12 @@ def done_fields() -> dict[str, bytes]:
     return terminal_fields(JobStatus.FINISHED, now_ms(), {"ok": True}, None)
 
 
-def test_first_and_lone_events_are_written_without_waiting_for_more(client: redis.Redis, admin: redis.Redis) -> None:
+def test_first_and_lone_events_are_written_without_waiting_for_more(client: Wire, admin: redis.Redis) -> None:
     """The first event is in the log once ``publish`` returns; a lone later one reaches it while the producer
     publishes nothing else: no event waits for company."""
     job_id = new_job(admin)
     channel = Channel(admin, job_id)
-    events = publisher(client, job_id)
+    events = publisher(client, admin, job_id)
     events.publish(event(1))
     assert log_of(admin, job_id) == [event(1)]  # written on the caller's thread, at once
     events.publish(event(2))  # a lone event after a quiet spell
@@ -97,21 +98,19 @@ def test_first_and_lone_events_are_written_without_waiting_for_more(client: redi
     assert record_of(admin, job_id).status is JobStatus.FINISHED
 
 
-def test_a_terminal_event_alone_is_written_at_once(client: redis.Redis, admin: redis.Redis) -> None:
+def test_a_terminal_event_alone_is_written_at_once(client: Wire, admin: redis.Redis) -> None:
     """A plain function's only event, its terminal one, is written by ``finish`` itself."""
     job_id = new_job(admin)
-    result = publisher(client, job_id).finish(DONE, done_fields())
+    result = publisher(client, admin, job_id).finish(DONE, done_fields())
     assert result is not None and result.outcome is Outcome.APPENDED and result.last_seq == 1
     assert log_of(admin, job_id) == [DONE]
     assert record_of(admin, job_id).status is JobStatus.FINISHED
 
 
-def test_events_queued_behind_a_write_go_in_batches_of_at_most_max_batch(
-    client: redis.Redis, admin: redis.Redis
-) -> None:
+def test_events_queued_behind_a_write_go_in_batches_of_at_most_max_batch(client: Wire, admin: redis.Redis) -> None:
     job_id = new_job(admin)
     channel = Channel(admin, job_id)
-    events = publisher(client, job_id)
+    events = publisher(client, admin, job_id)
     count = 2 + 2 * MAX_BATCH + 5
     events.publish(event(1))  # written at once, on this thread
     with held_writes(admin):
@@ -131,12 +130,12 @@ def test_events_queued_behind_a_write_go_in_batches_of_at_most_max_batch(
 @pytest.mark.parametrize("own_events", [5, 6])
 @pytest.mark.parametrize("batched", [False, True], ids=["one-per-write", "one-batch"])
 def test_the_event_limit_is_exact_however_events_are_batched(
-    client: redis.Redis, admin: redis.Redis, own_events: int, batched: bool
+    client: Wire, admin: redis.Redis, own_events: int, batched: bool
 ) -> None:
     """``max_events`` of a job's own events are kept and its terminal event follows; one more ends the job
     with ``EVENT_LIMIT_EXCEEDED`` as event ``max_events + 1``, whether the limit falls inside a batch or not."""
     job_id = new_job(admin)
-    events = publisher(client, job_id, max_events=5)
+    events = publisher(client, admin, job_id, max_events=5)
     if batched:
         events.publish(event(1))
         with held_writes(admin):
@@ -162,10 +161,10 @@ def test_the_event_limit_is_exact_however_events_are_batched(
         assert record.status is JobStatus.FAILED and record.error is not None and record.error.code == EVENT_LIMIT
 
 
-def test_publish_only_queues_while_a_write_waits_on_redis(client: redis.Redis, admin: redis.Redis) -> None:
+def test_publish_only_queues_while_a_write_waits_on_redis(client: Wire, admin: redis.Redis) -> None:
     """While a write waits on Redis, ``publish`` only queues: the producer goes on at its own pace."""
     job_id = new_job(admin)
-    events = publisher(client, job_id)
+    events = publisher(client, admin, job_id)
 
     def produce() -> None:
         for n in range(3, 1001):
@@ -184,7 +183,7 @@ def test_publish_only_queues_while_a_write_waits_on_redis(client: redis.Redis, a
     assert len(log_of(admin, job_id)) == 1001
 
 
-def test_a_superseded_execution_stops_publishing_and_writes_nothing(client: redis.Redis, admin: redis.Redis) -> None:
+def test_a_superseded_execution_stops_publishing_and_writes_nothing(client: Wire, admin: redis.Redis) -> None:
     """Once the job belongs to another execution, the publisher's first write is refused and it closes."""
     job_id = new_job(admin)
     first = executions.claim(admin, job_id, 1, lost_after_s=30)

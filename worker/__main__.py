@@ -12,6 +12,7 @@ from factory.registry import read_all, register_folders
 from factory.retention import sweep_workspaces
 from factory.settings import FACTORY_CREDENTIAL_VARS, Settings
 from factory.storage import storage_from_settings
+from factory.store.wire import Wire
 from worker.engine import Engine
 from worker.files import FileBridge
 from worker.presence import Presence
@@ -27,7 +28,8 @@ def build_runtime(settings: Settings, name: str) -> WorkerRuntime:
     # job at a time); the factory's own credentials are never a prefab's.
     environ = dict(os.environ)
     secrets = {name: value for name, value in environ.items() if name not in FACTORY_CREDENTIAL_VARS}
-    client = redis_sync(settings.require_redis_url())
+    url = settings.require_redis_url()
+    client = redis_sync(url)
     storage = storage_from_settings(settings)
     files = FileBridge(settings, storage, client)
     register_folders(client, settings)
@@ -38,7 +40,7 @@ def build_runtime(settings: Settings, name: str) -> WorkerRuntime:
     removed = provisioner.sweep_environments(list(read_all(client).values()), settings.retention_s)
     if removed:
         logger.info("removed %d unused prefab environments", len(removed))
-    return WorkerRuntime(settings, client, provisioner, secrets, files, worker_name=name)
+    return WorkerRuntime(settings, client, provisioner, secrets, files, Wire(url), worker_name=name)
 
 
 def _worker_name() -> str:

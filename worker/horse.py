@@ -176,6 +176,7 @@ def _child(runtime: WorkerRuntime, conn: Connection) -> NoReturn:
         runtime = replace(runtime, spare_workspace=spare_workspace(runtime.settings.state_dir, os.getpid()))
         with suppress(*RETRYABLE):
             runtime.redis.ping()  # connect now, not during the first job
+            runtime.wire.call("PING")
         _serve(runtime, conn)
     except BaseException:  # the horse must report why it stopped, whatever it was
         logger.exception("work horse %d failed", os.getpid())

@@ -29,13 +29,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import redis
-
 from factory.connections import RETRYABLE
 from factory.events import EVENT_LIMIT, ErrorInfo, error_event
 from factory.jobs import JobStatus, now_ms, terminal_fields
 from factory.store.eventlog import AppendResult, Mode, Outcome, append_args, append_keys, parse_append
-from factory.store.scripts import APPEND_LUA
+from factory.store.scripts import APPEND
+from factory.store.wire import Wire
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class EventPublisher:
 
     def __init__(
         self,
-        client: redis.Redis,
+        wire: Wire,
         job_id: str,
         *,
         max_events: int,
@@ -113,7 +112,7 @@ class EventPublisher:
         redis_outage_s: float,
         token: str,
     ) -> None:
-        self._script = client.register_script(APPEND_LUA)
+        self._wire = wire
         self._keys = append_keys(job_id)
         self._job_id = job_id
         self._token = token
@@ -216,7 +215,7 @@ class EventPublisher:
         delay_s = 0.05
         while True:
             try:
-                return parse_append(self._script(keys=self._keys, args=args))
+                return parse_append(self._wire.run_script(APPEND, self._keys, args))
             except RETRYABLE as exc:
                 if time.monotonic() + delay_s > deadline:
                     raise PublisherUnavailable(f"Redis unreachable for {self._redis_outage_s:.0f} s") from exc

@@ -64,6 +64,7 @@ from factory.store.eventlog import (
     terminal_error_args,
 )
 from factory.store.scripts import APPEND_LUA
+from factory.store.wire import Wire
 from worker import builder
 from worker.deadlines import Deadlines
 from worker.files import FileBridge, FileError
@@ -90,6 +91,7 @@ class WorkerRuntime:
     provisioner: Provisioner  # deployments, their environments, the horse's runners
     secrets: dict[str, str]
     files: FileBridge
+    wire: Wire  # the events' appends (``factory.store.wire``): connected in the horse that writes them
     worker_name: str = ""
     spare_workspace: Path | None = None  # a work horse's (see ``worker.workspace``)
 
@@ -157,7 +159,7 @@ class InvocationRunner:
         if self._publisher is None:
             settings = self.runtime.settings
             self._publisher = EventPublisher(
-                self.runtime.redis,
+                self.runtime.wire,
                 self.request.job_id,
                 max_events=settings.max_events_per_job,
                 retention_s=settings.retention_s,

@@ -23,6 +23,7 @@ from the histogram's buckets there and spliced into APPEND.
 import hashlib
 
 from factory.jobstats import STATS_FUNCTIONS
+from factory.store.wire import LuaScript
 
 
 def sha(script: str) -> str:
@@ -316,3 +317,7 @@ return waiting
 # Run by SHA in the worker's pipelines (redis-py's Script would cost a SCRIPT EXISTS round trip each time).
 TAKE_SHA = sha(TAKE_LUA)
 END_RQ_JOB_SHA = sha(END_RQ_JOB_LUA)
+
+# Run on the lean connections (``factory.store.wire``): a call's enqueue, and its events' appends.
+ENQUEUE = LuaScript(ENQUEUE_LUA, sha(ENQUEUE_LUA))
+APPEND = LuaScript(APPEND_LUA, sha(APPEND_LUA))

@@ -1,0 +1,290 @@
+"""A lean Redis connection for the commands on the path a caller waits on for a first event.
+
+redis-py's clients run a long chain of Python for each command: the connection pool, the retry
+wrapper, timeouts, the stream reader, the observability hooks. On a machine whose caches are cold
+between requests, that chain measured ~330 µs (asyncio) and ~200 µs (blocking) more per command
+than the same bytes written to a socket and parsed by hiredis (``bench/RESULTS.md``). A call's
+enqueue (gateway) and its first event's append (work horse) each pay it once on that path, so
+those two go through here; everything else keeps redis-py.
+
+What this keeps of redis-py: what a URL means (``redis.connection.parse_url``: host and port or
+a unix socket, db, username and password, client name, TLS), its exceptions (a lost connection is
+``ConnectionError``, a late reply ``TimeoutError``, an error reply ``ResponseError`` or
+``NoScriptError``), and hiredis for the protocol.
+
+Invariants: Redis answers a connection's commands in order, so each reply goes to the oldest
+command still waiting, and commands of concurrent callers pipeline on the one connection. A
+connection that failed, or whose reply came too late, is dropped with every command waiting on
+it (each fails with ``ConnectionError``); the next command connects afresh. A command is never
+sent twice: once written, whether it ran is unknown, and the caller decides what to do.
+"""
+
+import asyncio
+import os
+import socket
+import ssl
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+from redis.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+CONNECT_TIMEOUT_S = 2.0  # as redis-py's clients here (``factory.connections``)
+READ_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    """A script run by its SHA, its source sent (and so loaded) only when Redis does not know it."""
+
+    source: str
+    sha: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a ``REDIS_URL`` points, and what a new connection says first (AUTH, SELECT)."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None  # a unix socket
+    tls: ssl.SSLContext | None = None
+    greeting: tuple[tuple[Any, ...], ...] = ()
+
+    @classmethod
+    def from_url(cls, url: str) -> "Endpoint":
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+        greeting: list[tuple[Any, ...]] = []
+        if options.get("password") is not None:
+            username = options.get("username")
+            greeting.append(("AUTH", username, options["password"]) if username else ("AUTH", options["password"]))
+        if options.get("client_name"):
+            greeting.append(("CLIENT", "SETNAME", options["client_name"]))
+        if int(options.get("db") or 0):
+            greeting.append(("SELECT", int(options["db"])))
+        tls = None
+        if url.startswith("rediss://"):
+            tls = ssl.create_default_context()
+            if str(options.get("ssl_cert_reqs", "required")).lower() in ("none", "optional"):
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_NONE
+        return cls(
+            host=options.get("host") or "localhost",
+            port=int(options.get("port") or 6379),
+            path=options.get("path"),
+            tls=tls,
+            greeting=tuple(greeting),
+        )
+
+
+def _reader() -> hiredis.Reader:
+    return hiredis.Reader(replyError=ResponseError)
+
+
+def _failure(reply: ResponseError) -> ResponseError:
+    """An error reply as redis-py raises it (a missing script is ``NoScriptError``)."""
+    message = str(reply)
+    return NoScriptError(message) if message.startswith("NOSCRIPT") else reply
+
+
+class _Protocol(asyncio.Protocol):
+    """One connection: commands are written as they come, replies handed out in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = _reader()
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.feed(data)
+            while (reply := self.reader.gets()) is not False:
+                future = self.waiting.popleft()
+                if future.done():  # its caller was cancelled: the reply is only consumed
+                    continue
+                if isinstance(reply, ResponseError):
+                    future.set_exception(_failure(reply))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:
+            self.drop(f"unreadable reply from Redis: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail_waiting(f"connection to Redis lost{f': {exc}' if exc else ''}")
+
+    def drop(self, reason: str) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+        self._fail_waiting(reason)
+
+    def _fail_waiting(self, reason: str) -> None:
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(RedisConnectionError(reason))
+
+    def send(self, packed: bytes) -> "asyncio.Future[Any]":
+        assert self.transport is not None
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.transport.write(packed)
+        return future
+
+
+class AsyncWire:
+    """The gateway's lean connection (see the module's docstring); safe for concurrent callers."""
+
+    def __init__(self, url: str, *, reply_timeout_s: float = 5.0) -> None:
+        self.endpoint = Endpoint.from_url(url)
+        self.reply_timeout_s = reply_timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting = asyncio.Lock()
+
+    async def run_script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, or EVAL when Redis lost the script (a restart): it is loaded by that run."""
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    async def call(self, *args: Any) -> Any:
+        """One command's reply (a redis-py exception for an error reply, a lost connection or a late reply)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connect()
+        try:
+            packed = hiredis.pack_command(args)
+        except TypeError as exc:
+            raise ValueError(f"cannot send {args[0]!r} to Redis: {exc}") from exc
+        future = protocol.send(packed)
+        try:
+            async with asyncio.timeout(self.reply_timeout_s):
+                return await future
+        except TimeoutError as exc:
+            protocol.drop("Redis did not answer in time")  # later replies would no longer match their commands
+            raise RedisTimeoutError(f"Redis did not answer within {self.reply_timeout_s:g} s") from exc
+
+    async def _connect(self) -> _Protocol:
+        async with self._connecting:
+            if self._protocol is not None and not self._protocol.lost:
+                return self._protocol
+            loop = asyncio.get_running_loop()
+            endpoint = self.endpoint
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    if endpoint.path is not None:
+                        _, protocol = await loop.create_unix_connection(_Protocol, endpoint.path)
+                    else:
+                        _, protocol = await loop.create_connection(
+                            _Protocol, endpoint.host, endpoint.port, ssl=endpoint.tls
+                        )
+                    for command in endpoint.greeting:
+                        await protocol.send(hiredis.pack_command(command))
+            except (OSError, TimeoutError) as exc:
+                raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
+            self._protocol = protocol
+            return protocol
+
+    def close(self) -> None:
+        if self._protocol is not None and not self._protocol.lost:
+            self._protocol.drop("closed")
+        self._protocol = None
+
+
+class Wire:
+    """The blocking twin of :class:`AsyncWire`, for a work horse: one command at a time (a lock).
+
+    Made before the worker forks its horses and connected at first use in the process using it,
+    so a forked horse never shares its parent's socket.
+    """
+
+    def __init__(self, url: str, *, reply_timeout_s: float = 10.0) -> None:
+        self.endpoint = Endpoint.from_url(url)
+        self.reply_timeout_s = reply_timeout_s
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._pid = 0
+        self._reader = _reader()
+
+    def run_script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, or EVAL when Redis lost the script (a restart): it is loaded by that run."""
+        try:
+            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    def call(self, *args: Any) -> Any:
+        """One command's reply (a redis-py exception for an error reply, a lost connection or a late reply)."""
+        try:
+            packed = hiredis.pack_command(args)
+        except TypeError as exc:
+            raise ValueError(f"cannot send {args[0]!r} to Redis: {exc}") from exc
+        with self._lock:
+            sock = self._connected()
+            reply = self._exchange(sock, packed)
+        if isinstance(reply, ResponseError):
+            raise _failure(reply)
+        return reply
+
+    def _connected(self) -> socket.socket:
+        if self._sock is not None and self._pid == os.getpid():
+            return self._sock
+        self._sock, self._pid, self._reader = None, os.getpid(), _reader()  # a parent's socket is left alone
+        endpoint = self.endpoint
+        try:
+            if endpoint.path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(CONNECT_TIMEOUT_S)
+                sock.connect(endpoint.path)
+            else:
+                sock = socket.create_connection((endpoint.host, endpoint.port), timeout=CONNECT_TIMEOUT_S)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if endpoint.tls is not None:
+                    sock = endpoint.tls.wrap_socket(sock, server_hostname=endpoint.host)
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+        sock.settimeout(self.reply_timeout_s)
+        for command in endpoint.greeting:
+            reply = self._exchange(sock, hiredis.pack_command(command))
+            if isinstance(reply, ResponseError):
+                sock.close()
+                raise RedisConnectionError(f"Redis refused the connection: {reply}")
+        self._sock = sock
+        return sock
+
+    def _exchange(self, sock: socket.socket, packed: bytes) -> Any:
+        """Send one command and read its reply; a failure drops the connection (its replies are lost)."""
+        try:
+            sock.sendall(packed)
+            while (reply := self._reader.gets()) is False:
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    raise ConnectionResetError("Redis closed the connection")
+                self._reader.feed(data)
+            return reply
+        except TimeoutError as exc:
+            self._drop(sock)
+            raise RedisTimeoutError(f"Redis did not answer within {self.reply_timeout_s:g} s") from exc
+        except (OSError, hiredis.ProtocolError) as exc:
+            self._drop(sock)
+            raise RedisConnectionError(f"connection to Redis lost: {exc}") from exc
+
+    def _drop(self, sock: socket.socket) -> None:
+        sock.close()
+        self._sock, self._reader = None, _reader()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None and self._pid == os.getpid():
+                self._drop(self._sock)
