@@ -39,14 +39,14 @@ BUCKETS_S: tuple[float, ...] = (
 STATS_TTL_S = 30 * 24 * 3600
 
 # Lua, run inside the append script: ``observe`` adds one value to a histogram hash, ``job_labels``
-# reads a job's label fields (their JSON text as stored, decoded on reading), ``now_ms`` is Redis' clock.
+# joins a job's label fields (their JSON text as the record stores them, decoded on reading; the
+# append reads them with the rest of what it needs of the record), ``now_ms`` is Redis' clock.
 STATS_FUNCTIONS = (
     "local BUCKETS = {" + ", ".join(repr(b) for b in BUCKETS_S) + "}\n"
     f"local STATS_TTL_S = {STATS_TTL_S}\n"
     """
-local function job_labels(job)
-  local f = redis.call('HMGET', job, 'prefab_id', 'function_name', 'version')
-  return (f[1] or 'null') .. '\\t' .. (f[2] or 'null') .. '\\t' .. (f[3] or 'null')
+local function job_labels(prefab_id, function_name, version)
+  return (prefab_id or 'null') .. '\\t' .. (function_name or 'null') .. '\\t' .. (version or 'null')
 end
 local function now_ms()
   local t = redis.call('TIME')

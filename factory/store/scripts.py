@@ -49,11 +49,13 @@ local stats_outcomes, stats_durations, stats_first = KEYS[5], KEYS[6], KEYS[7]
 local batch_id, max_events, retention_s = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local mode, token, n_fields = ARGV[4], ARGV[5], tonumber(ARGV[6])
 if redis.call('EXISTS', job) == 0 then return {-3, 0} end
-if redis.call('HEXISTS', job, 'terminal') == 1 then return {-1, redis.call('LLEN', log)} end
-local seen = redis.call('HGET', job, 'batch')
+-- What the checks and the statistics read of the record, in one call (each call costs more than its work).
+local head = redis.call('HMGET', job, 'terminal', 'batch', 'execution', 'prefab_id', 'function_name', 'version', 'created_ms')
+if head[1] then return {-1, redis.call('LLEN', log)} end
+local seen = head[2]
 if batch_id ~= '' and seen == batch_id then return {0, redis.call('LLEN', log)} end
 if batch_id ~= '' and seen == batch_id .. ':limit' then return {-2, redis.call('LLEN', log)} end
-if token ~= '' and redis.call('HGET', job, 'execution') ~= token then return {-4, redis.call('LLEN', log)} end
+if token ~= '' and head[3] ~= token then return {-4, redis.call('LLEN', log)} end
 local first_event = 7 + n_fields
 local n = #ARGV - first_event + 1
 local length = redis.call('LLEN', log)
@@ -77,12 +79,12 @@ local events = {}
 for i = first_event, #ARGV do events[#events + 1] = ARGV[i] end
 local last = redis.call('RPUSH', log, unpack(events))
 if batch_id ~= '' then redis.call('HSET', job, 'batch', batch_id) end
-for i = 7, 6 + n_fields, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
--- The statistics read the record for a job's first batch and its last only, not for each batch between.
+if n_fields > 0 then redis.call('HSET', job, unpack(ARGV, 7, 6 + n_fields)) end
+-- The statistics label a job's first batch and its last only, not each batch between.
 local labels, created
 if stats_outcomes and (length == 0 or mode ~= 'event') then
-  labels = job_labels(job)
-  created = ms_field(job, 'created_ms')
+  labels = job_labels(head[4], head[5], head[6])
+  created = head[7] and tonumber(head[7]) or nil
 end
 if stats_first and length == 0 and created then observe(stats_first, labels, (now_ms() - created) / 1000) end
 if mode == 'terminal' then
