@@ -87,7 +87,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             await catalog.refresh()
         metrics = GatewayMetrics()
         hub = RelayHub(
-            client,
+            url,
             buffer_bytes=settings.reader_buffer_bytes,
             on_redis_error=metrics.redis_errors.labels(where="relay").inc,
         )
@@ -97,6 +97,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         state = GatewayState(
             settings=settings,
             redis=client,
+            wire=wire,
             catalog=catalog,
             jobs=JobService(settings, client, sync_client, wire, catalog),
             hub=hub,

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from factory.catalog import PrefabEntry
 from factory.settings import Settings
+from factory.store.wire import AsyncWire
 from gateway.auth import Authenticator
 from gateway.catalog import CatalogView
 from gateway.files import FileService
@@ -22,6 +23,7 @@ class GatewayState:
 
     settings: Settings
     redis: aioredis.Redis
+    wire: AsyncWire  # the lean connection of a call's path (``factory.store.wire``): enqueue, log reads
     catalog: CatalogView
     jobs: JobService
     hub: RelayHub

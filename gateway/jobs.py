@@ -138,11 +138,10 @@ class JobService:
     async def stream_head(self, job_id: str, after_seq: int, count: int) -> tuple[JobStatus, int, list[bytes]]:
         """What a stream starts from, in one round trip: the job's status, its last event id and up to
         ``count`` events after ``after_seq``; :class:`JobNotFound` when unknown or expired."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.job_key(job_id), "status")
-            pipe.llen(keys.events_key(job_id))
-            pipe.lrange(keys.events_key(job_id), after_seq, after_seq + count - 1)
-            status, length, events = await pipe.execute()
+        log = keys.events_key(job_id)
+        status, length, events = await self.wire.pipeline(
+            ("HGET", keys.job_key(job_id), "status"), ("LLEN", log), ("LRANGE", log, after_seq, after_seq + count - 1)
+        )
         if status is None:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its retention ended)")
         return JobStatus(orjson.loads(status)), int(length), events

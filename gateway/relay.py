@@ -38,13 +38,13 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from factory.events import TERMINAL_TYPES, split_batch
 from factory.store import keys
+from factory.store.wire import AsyncWire
 from gateway.relay_hub import RelayHub, Subscriber
 
 logger = logging.getLogger(__name__)
@@ -111,14 +111,14 @@ class EventStream:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        wire: AsyncWire,
         hub: RelayHub,
         job_id: str,
         last_seq: int,
         limits: ReaderLimits,
         read_ahead: list[bytes] | None = None,
     ):
-        self.client = client
+        self.wire = wire  # the log's reads
         self.hub = hub
         self.job_id = job_id
         self.last_seq = last_seq
@@ -218,8 +218,8 @@ class EventStream:
         delay_s = 0.1
         while True:
             try:
-                entries: list[bytes] = await self.client.lrange(  # type: ignore[assignment]
-                    keys.events_key(self.job_id), start, start + count - 1
+                entries: list[bytes] = await self.wire.call(
+                    "LRANGE", keys.events_key(self.job_id), start, start + count - 1
                 )
                 return entries
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

@@ -3,25 +3,40 @@ reader's mailbox on it.
 
 A reader subscribes and waits for Redis to confirm before it reads the log (see
 ``gateway.relay``), so every event is in the log it reads or arrives here after. A mailbox is
-bounded in bytes; overflowing it, or a reconnect of the hub (redis-py subscribes again), only
-sends its reader back to the log, so a slow reader never slows the hub or the other readers.
+bounded in bytes; overflowing it, or a reconnect of the hub, only sends its reader back to the
+log, so a slow reader never slows the hub or the other readers.
+
+The connection is an asyncio protocol over hiredis (``factory.store.wire`` says why redis-py's
+clients are not used on the path of an event): a channel message is parsed and put in its
+readers' mailboxes in the callback that received its bytes, with no task of the hub in between.
+What redis-py's pub/sub did for the hub is done here: the connection says the URL's greeting
+(AUTH, CLIENT SETNAME) first; once lost, every reader is sent back to the log and the hub
+connects again with backoff and subscribes again to every channel it serves; a PING every
+:data:`HEALTH_CHECK_S` finds a connection that died without a word.
+
+Invariant: a reader's subscription is confirmed by the answer to the last SUBSCRIBE sent for
+its channel on the current connection (each SUBSCRIBE is answered once per channel, in order),
+never by the answer to an earlier one that an UNSUBSCRIBE followed.
 """
 
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-import redis.asyncio as aioredis
+import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from factory.store import keys
+from factory.store.wire import CONNECT_TIMEOUT_S, Endpoint
 
 logger = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 5.0
+HEALTH_CHECK_S = 10.0  # a PING unanswered for this long drops the connection
 
 
 @dataclass(eq=False)
@@ -63,27 +78,93 @@ class Subscriber:
         self.wakeup.set()
 
 
+class _PubSub(asyncio.Protocol):
+    """One pub/sub connection: its greeting's answers first, then what Redis pushes, to the hub."""
+
+    def __init__(self, hub: "RelayHub", greeting: int) -> None:
+        self.hub = hub
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.transport: asyncio.Transport | None = None
+        self.greeted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._greeting_left = greeting
+        self.asked: dict[str, int] = {}  # SUBSCRIBEs sent per channel and not answered yet
+        self.initial: set[str] = set()  # the channels subscribed as it connected
+        self.pinged = False  # a PING is unanswered
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._greeting_left == 0:
+            self.greeted.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.feed(data)
+            while (reply := self.reader.gets()) is not False:
+                if self._greeting_left > 0:
+                    self._greeting_answer(reply)
+                elif isinstance(reply, list) and len(reply) >= 2:
+                    self.hub._pushed(self, reply)
+                elif reply == b"PONG":  # a PING's answer while no channel is subscribed
+                    self.pinged = False
+        except hiredis.ProtocolError as exc:
+            self.drop(f"unreadable reply from Redis: {exc}")
+
+    def _greeting_answer(self, reply: object) -> None:
+        self._greeting_left -= 1
+        if isinstance(reply, ResponseError):
+            if not self.greeted.done():
+                self.greeted.set_exception(RedisConnectionError(f"Redis refused the connection: {reply}"))
+            self.drop(str(reply))
+        elif self._greeting_left == 0 and not self.greeted.done():
+            self.greeted.set_result(None)
+
+    def write(self, *command: Any) -> None:
+        if self.lost or self.transport is None:
+            raise RedisConnectionError("the pub/sub connection is lost")
+        self.transport.write(hiredis.pack_command(command))
+
+    def subscribe(self, channels: list[str]) -> None:
+        self.write("SUBSCRIBE", *channels)
+        for channel in channels:
+            self.asked[channel] = self.asked.get(channel, 0) + 1
+
+    def drop(self, reason: str) -> None:
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost follows
+        else:
+            self.connection_lost(RedisConnectionError(reason))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        if not self.greeted.done():
+            self.greeted.set_exception(RedisConnectionError(f"connection to Redis lost: {exc}"))
+            self.greeted.exception()  # retrieved: whoever connects may have given up already
+        self.hub._lost(self, exc)
+
+
 class RelayHub:
     """Owns the gateway's pub/sub connection and routes channel messages to subscribers."""
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        url: str,
         *,
         buffer_bytes: int = 512 * 1024,
         on_redis_error: Callable[[], None] | None = None,
     ) -> None:
-        self._client = client
+        self._endpoint = Endpoint.from_url(url)
         self._on_redis_error = on_redis_error or (lambda: None)  # counted in the gateway's metrics
-        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
         self._subscribers: dict[str, set[Subscriber]] = {}
-        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}  # each channel asked of Redis, and its confirmation
         self._buffer = buffer_bytes
-        self._task: asyncio.Task[None] | None = None
+        self._protocol: _PubSub | None = None
+        self._connecting = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
-        self._has_channels = asyncio.Event()
-        # One (un)subscribe at a time: concurrent first commands would each open a connection.
-        self._commands = asyncio.Lock()
 
     @property
     def stream_count(self) -> int:
@@ -94,20 +175,18 @@ class RelayHub:
 
     async def start(self) -> None:
         try:
-            await self._pubsub.connect()  # type: ignore[no-untyped-call]
+            await self._connected()
         except (RedisError, OSError) as exc:  # Redis may come later; the first subscribe connects then
             logger.warning("pub/sub connection not open yet: %s", exc)
-        self._task = asyncio.create_task(self._listen(), name="relay-hub")
+        self._spawn(self._check_health(), "relay-hub-health")
 
     async def close(self) -> None:
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._protocol is not None:
+            self._protocol.drop("closed")
 
     async def subscribe(self, job_id: str) -> Subscriber:
         """Join the job's channel; returns once Redis confirmed the subscription (else leaves it, and raises)."""
@@ -128,27 +207,6 @@ class RelayHub:
         self._subscribers.setdefault(channel, set()).add(subscriber)
         return subscriber
 
-    async def _ask(self, subscriber: Subscriber) -> "asyncio.Future[None]":
-        """The subscription of the subscriber's channel, asked of Redis by its first reader."""
-        channel = subscriber.channel
-        confirmed = self._confirmed.get(channel)
-        if confirmed is None:
-            confirmed = asyncio.get_running_loop().create_future()
-            self._confirmed[channel] = confirmed
-            try:
-                async with self._commands:
-                    await self._pubsub.subscribe(channel)
-                self._has_channels.set()
-            except BaseException as exc:
-                # Nothing was subscribed: the channel's next reader asks again, and those waiting fail now.
-                if self._confirmed.get(channel) is confirmed:
-                    del self._confirmed[channel]
-                failure = exc if isinstance(exc, RedisError | OSError) else RedisConnectionError(str(exc))
-                confirmed.set_exception(failure)
-                confirmed.exception()  # retrieved here: the channel may have no other reader waiting
-                raise
-        return confirmed
-
     def detached(self, job_id: str) -> Subscriber:
         """A mailbox on no channel, for a reader that has read its stream's end already: nothing is
         subscribed, and unsubscribing it changes nothing."""
@@ -161,9 +219,34 @@ class RelayHub:
         its reader unsubscribes it when done."""
         confirmed = subscriber.confirmed
         if confirmed is None or (confirmed.done() and (confirmed.cancelled() or confirmed.exception() is not None)):
-            confirmed = subscriber.confirmed = await self._ask(subscriber)
+            confirmed = subscriber.confirmed = await self._ask(subscriber.channel)
         if not confirmed.done():
             await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
+
+    async def _ask(self, channel: str) -> "asyncio.Future[None]":
+        """The subscription of ``channel``, asked of Redis by its first reader."""
+        confirmed = self._confirmed.get(channel)
+        if confirmed is not None:
+            return confirmed
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirmed[channel] = confirmed
+        try:
+            await self._send_subscribe(channel)
+        except BaseException as exc:
+            # Nothing was subscribed: the channel's next reader asks again, and those waiting fail now.
+            if self._confirmed.get(channel) is confirmed:
+                del self._confirmed[channel]
+            failure = exc if isinstance(exc, RedisError | OSError) else RedisConnectionError(str(exc))
+            confirmed.set_exception(failure)
+            confirmed.exception()  # retrieved here: the channel may have no other reader waiting
+            raise
+        return confirmed
+
+    async def _send_subscribe(self, channel: str) -> None:
+        existing = self._protocol
+        protocol = await self._connected()
+        if protocol is existing or channel not in protocol.initial:  # else its connect asked for it already
+            protocol.subscribe([channel])
 
     async def unsubscribe(self, subscriber: Subscriber) -> None:
         readers = self._subscribers.get(subscriber.channel)
@@ -178,51 +261,116 @@ class RelayHub:
             return  # its readers left before any of them asked Redis for it
         if not confirmed.done():
             confirmed.cancel()
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            return  # nothing is subscribed on a lost connection, and a reconnect asks only for channels served
         try:
-            async with self._commands:
-                await self._pubsub.unsubscribe(subscriber.channel)
-        except (RedisError, OSError):
+            protocol.write("UNSUBSCRIBE", subscriber.channel)
+        except RedisError:
             self._on_redis_error()
-            logger.warning("could not unsubscribe from %s; Redis will drop it on reconnect", subscriber.channel)
 
-    async def _listen(self) -> None:
-        delay_s = 0.1
-        while not self._closing:
+    async def _connected(self) -> _PubSub:
+        """The live connection, made (greeted, and every channel served subscribed) if there is none."""
+        async with self._connecting:
+            protocol = self._protocol
+            if protocol is not None and not protocol.lost:
+                return protocol
+            endpoint, loop = self._endpoint, asyncio.get_running_loop()
+            greeting = len(endpoint.greeting)
+
+            def made() -> _PubSub:
+                return _PubSub(self, greeting)
+
             try:
-                if not self._pubsub.subscribed:
-                    # Nothing to listen to: sleep until a subscribe, which must be confirmed at once.
-                    self._has_channels.clear()
-                    await self._has_channels.wait()
-                    continue
-                message = await self._pubsub.get_message(timeout=1.0)
-                delay_s = 0.1
-                if message is not None:
-                    self._route(message)
-            except asyncio.CancelledError:
-                raise
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    if endpoint.path is not None:
+                        transport, protocol = await loop.create_unix_connection(made, endpoint.path)
+                    else:
+                        transport, protocol = await loop.create_connection(
+                            made, endpoint.host, endpoint.port, ssl=endpoint.tls
+                        )
+                    for command in endpoint.greeting:
+                        transport.write(hiredis.pack_command(command))
+                    await protocol.greeted
+            except (OSError, TimeoutError) as exc:
+                raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
+            self._protocol = protocol
+            if self._confirmed:
+                protocol.initial = set(self._confirmed)
+                protocol.subscribe(list(self._confirmed))  # confirmed ones resync their readers on the answer
+            return protocol
+
+    def _pushed(self, protocol: _PubSub, reply: list[object]) -> None:
+        """What Redis pushed on the connection: a channel message, a subscription's answer, a PING's."""
+        kind = reply[0]
+        if kind == b"message" and len(reply) == 3:
+            data, name = reply[2], reply[1]
+            assert isinstance(data, bytes) and isinstance(name, bytes)
+            for subscriber in self._subscribers.get(name.decode(), ()):
+                subscriber.deliver(data)
+        elif kind == b"subscribe":
+            name = reply[1]
+            assert isinstance(name, bytes)
+            self._subscribed(protocol, name.decode())
+        elif kind == b"pong":
+            protocol.pinged = False
+
+    def _subscribed(self, protocol: _PubSub, channel: str) -> None:
+        left = protocol.asked.get(channel, 0) - 1
+        if left > 0:
+            protocol.asked[channel] = left
+            return  # a later SUBSCRIBE of the channel is on its way: its answer confirms
+        protocol.asked.pop(channel, None)
+        confirmed = self._confirmed.get(channel)
+        if confirmed is not None and not confirmed.done():
+            confirmed.set_result(None)  # a first subscription: its readers read the log next anyway
+            return
+        # Subscribed again after a reconnect: whatever was published meanwhile is in the log.
+        for subscriber in self._subscribers.get(channel, ()):
+            subscriber.resync()
+
+    def _lost(self, protocol: _PubSub, exc: Exception | None) -> None:
+        if protocol is not self._protocol or self._closing:
+            return
+        self._on_redis_error()
+        logger.warning("pub/sub connection lost (%s); readers fall back to the log", exc or "closed by Redis")
+        for readers in self._subscribers.values():
+            for subscriber in readers:
+                subscriber.resync()
+        if self._confirmed and (self._reconnecting is None or self._reconnecting.done()):
+            self._reconnecting = self._spawn(self._reconnect(), "relay-hub-reconnect")
+
+    async def _reconnect(self) -> None:
+        """Connect again, with backoff, while any channel is served (a subscribe connects by itself)."""
+        delay_s = 0.1
+        while self._confirmed and not self._closing:
+            try:
+                await self._connected()
+                return
             except (RedisError, OSError) as exc:
                 self._on_redis_error()
-                logger.warning("pub/sub connection lost (%s); readers fall back to the log", exc)
-                for readers in self._subscribers.values():
-                    for subscriber in readers:
-                        subscriber.resync()
+                logger.warning("cannot reconnect the pub/sub connection (%s); again in %.1f s", exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
 
-    def _route(self, message: dict[str, object]) -> None:
-        kind = message["type"]
-        channel = message["channel"]
-        name = channel.decode() if isinstance(channel, bytes) else str(channel)
-        if kind == "message":
-            data = message["data"]
-            assert isinstance(data, bytes)
-            for subscriber in self._subscribers.get(name, ()):
-                subscriber.deliver(data)
-        elif kind == "subscribe":
-            confirmed = self._confirmed.get(name)
-            if confirmed is not None and not confirmed.done():
-                confirmed.set_result(None)  # a first subscription: its readers read the log next anyway
-                return
-            # After a reconnect redis-py re-subscribes: whatever was published meanwhile is in the log.
-            for subscriber in self._subscribers.get(name, ()):
-                subscriber.resync()
+    async def _check_health(self) -> None:
+        """PING the connection every :data:`HEALTH_CHECK_S`; one unanswered by the next drops it."""
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_S)
+            protocol = self._protocol
+            if protocol is None or protocol.lost:
+                continue
+            if protocol.pinged:
+                protocol.drop(f"no answer to a PING within {HEALTH_CHECK_S:g} s")
+                continue
+            try:
+                protocol.write("PING")
+                protocol.pinged = True
+            except RedisError:
+                continue
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -213,7 +213,7 @@ async def open_stream(
         outage_s=settings.redis_outage_s,
         buffer_bytes=settings.reader_buffer_bytes,
     )
-    stream = EventStream(state.redis, state.hub, job_id, last_seq, limits, read_ahead)
+    stream = EventStream(state.wire, state.hub, job_id, last_seq, limits, read_ahead)
     return RelayResponse(
         stream, subscriber, state=state, headers=headers, send_timeout_s=settings.reader_send_timeout_s
     )

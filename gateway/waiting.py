@@ -17,7 +17,7 @@ from gateway.relay import KEEPALIVE, EventStream, ReaderLimits
 
 def _stream(state: GatewayState, job_id: str) -> EventStream:
     limits = ReaderLimits(state.settings.keepalive_s, float("inf"), state.settings.redis_outage_s)
-    return EventStream(state.redis, state.hub, job_id, 0, limits)
+    return EventStream(state.wire, state.hub, job_id, 0, limits)
 
 
 async def wait_for_end(state: GatewayState, job_id: str, timeout_s: float) -> JobRecord | None:

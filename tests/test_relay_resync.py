@@ -23,6 +23,7 @@ from factory.settings import Settings
 from factory.store import keys
 from factory.store.eventlog import append_args, append_keys
 from factory.store.scripts import APPEND_LUA
+from factory.store.wire import AsyncWire
 from gateway.app import create_app
 from gateway.relay import FIRST_PAGE, EventStream, ReaderLimits
 from gateway.relay_hub import RelayHub, Subscriber
@@ -67,6 +68,7 @@ class Reader:
         self.client = client
         self.hub = hub
         self.subscriber = subscriber
+        self.wire = stream.wire
         self.writes = stream.frames(subscriber)
         self._next: asyncio.Task[bytes] | None = None
 
@@ -74,12 +76,12 @@ class Reader:
     async def open(
         cls, redis_url: str, job_id: str, *, buffer_bytes: int = 64 * 1024, poll_s: float = 60.0, started: bool = True
     ) -> "Reader":
-        client = aioredis.Redis.from_url(redis_url, client_name=HUB)
-        hub = RelayHub(client, buffer_bytes=buffer_bytes)
+        client = aioredis.Redis.from_url(redis_url)
+        hub = RelayHub(f"{redis_url}?client_name={HUB}", buffer_bytes=buffer_bytes)
         await hub.start()
         subscriber = await hub.subscribe(job_id)  # what the gateway does before its response starts
         limits = ReaderLimits(poll_s=poll_s, idle_timeout_s=3600, buffer_bytes=buffer_bytes)
-        reader = cls(client, hub, subscriber, EventStream(client, hub, job_id, 0, limits))
+        reader = cls(client, hub, subscriber, EventStream(AsyncWire(redis_url), hub, job_id, 0, limits))
         if started:
             reader._next = asyncio.create_task(reader._write())
             await eventually(
@@ -117,6 +119,7 @@ class Reader:
             await asyncio.gather(self._next, return_exceptions=True)
         await self.writes.aclose()
         await self.hub.close()
+        self.wire.close()
         await self.client.aclose()
 
 
@@ -318,12 +321,12 @@ def test_events_read_ahead_go_out_before_the_subscription_and_the_log_is_read_af
     channel = keys.events_channel(job_id)
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, client_name=HUB)
-        hub = RelayHub(client)
+        client = aioredis.Redis.from_url(redis_url)
+        hub = RelayHub(f"{redis_url}?client_name={HUB}")
         await hub.start()
         subscriber = hub.join(job_id)
         limits = ReaderLimits(poll_s=60.0, idle_timeout_s=3600)
-        reader = Reader(client, hub, subscriber, EventStream(client, hub, job_id, 0, limits, read_ahead))
+        reader = Reader(client, hub, subscriber, EventStream(AsyncWire(redis_url), hub, job_id, 0, limits, read_ahead))
         try:
             reads_before = log_reads(admin)
             assert await reader.take(1) == [(1, event(1))]
@@ -369,22 +372,22 @@ def test_a_subscribe_that_fails_is_asked_again_and_nothing_is_lost(redis_url: st
     lose(admin, job_id, event(2))
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, client_name=HUB)
-        hub = RelayHub(client)
+        client = aioredis.Redis.from_url(redis_url)
+        hub = RelayHub(f"{redis_url}?client_name={HUB}")
         await hub.start()
-        real_subscribe = hub._pubsub.subscribe
+        real_subscribe = hub._send_subscribe
         refused: list[str] = []
 
-        async def refuse_once(*channels: str) -> None:
+        async def refuse_once(channel: str) -> None:
             if not refused:
-                refused.append(channels[0])
+                refused.append(channel)
                 raise RedisConnectionError("Connection reset by peer")
-            await real_subscribe(*channels)
+            await real_subscribe(channel)
 
-        hub._pubsub.subscribe = refuse_once  # type: ignore[method-assign]
+        hub._send_subscribe = refuse_once  # type: ignore[method-assign]
         subscriber = hub.join(job_id)
         limits = ReaderLimits(poll_s=60.0, idle_timeout_s=3600, outage_s=30.0)
-        reader = Reader(client, hub, subscriber, EventStream(client, hub, job_id, 0, limits, read_ahead))
+        reader = Reader(client, hub, subscriber, EventStream(AsyncWire(redis_url), hub, job_id, 0, limits, read_ahead))
         try:
             assert await reader.take(1) == [(1, event(1))]
             assert await reader.take(1) == [(2, event(2))]  # asked again, confirmed, the log read after
@@ -393,6 +396,71 @@ def test_a_subscribe_that_fails_is_asked_again_and_nothing_is_lost(redis_url: st
             await append(client, job_id, DONE)
             assert await reader.rest() == [(3, DONE)]
             await hub.unsubscribe(other)
+        finally:
+            await reader.close()
+
+    run(scenario)
+
+
+def test_a_subscription_is_confirmed_by_its_own_subscribe_not_by_one_an_unsubscribe_followed(redis_url: str) -> None:
+    """A reader joins and leaves before Redis answered its SUBSCRIBE (an UNSUBSCRIBE follows it), and a
+    second reader asks again: the first answer must not confirm the second reader, whose subscription
+    is only in effect once Redis ran its own SUBSCRIBE, after the UNSUBSCRIBE."""
+    job_id = new_job(redis.Redis.from_url(redis_url))
+    channel = keys.events_channel(job_id)
+
+    async def scenario() -> None:
+        hub = RelayHub(redis_url)
+        await hub.start()
+        try:
+            first = hub.join(job_id)
+            await hub._ask(channel)  # sent; nothing in between lets the event loop read its answer
+            await hub.unsubscribe(first)
+            second = hub.join(job_id)
+            confirmed = await hub._ask(channel)
+            seen: list[bool] = []
+            answered = hub._subscribed
+
+            def spy(protocol: Any, name: str) -> None:
+                answered(protocol, name)
+                seen.append(confirmed.done())
+
+            hub._subscribed = spy  # type: ignore[method-assign]
+            second.confirmed = confirmed
+            await hub.confirmation(second)
+            assert seen == [False, True]  # the first answer left it waiting; its own confirmed it
+            await hub.unsubscribe(second)
+        finally:
+            await hub.close()
+
+    run(scenario)
+
+
+def test_a_pub_sub_connection_that_stops_answering_is_replaced(redis_url: str, monkeypatch: Any) -> None:
+    """Redis stops answering the hub (every client paused) without closing its connection: the hub's
+    unanswered PING drops it, it connects again once Redis answers, subscribes again, and the reader
+    reads what it missed from the log and the channel after."""
+    monkeypatch.setattr("gateway.relay_hub.HEALTH_CHECK_S", 0.2)
+    admin = redis.Redis.from_url(redis_url)
+    job_id = new_job(admin)
+
+    async def scenario() -> None:
+        reader = await Reader.open(redis_url, job_id)
+        try:
+            await append(reader.client, job_id, event(1))
+            assert await reader.take(1) == [(1, event(1))]
+            before = reader.hub._protocol
+            # PING included: the hub hears nothing back for 1.5 s (paused from a thread: the loop runs on)
+            await asyncio.to_thread(admin.client_pause, 1500, True)
+            await eventually(lambda: before is not None and before.lost, "the hub dropped the silent connection")
+            await eventually(
+                lambda: reader.hub._protocol not in (None, before) and not reader.hub._protocol.lost,
+                "the hub connected again",
+                timeout_s=60,
+            )
+            lose(admin, job_id, event(2))
+            await append(reader.client, job_id, DONE)
+            assert await reader.rest() == [(2, event(2)), (3, DONE)]
         finally:
             await reader.close()
 

@@ -50,7 +50,9 @@ local batch_id, max_events, retention_s = ARGV[1], tonumber(ARGV[2]), tonumber(A
 local mode, token, n_fields = ARGV[4], ARGV[5], tonumber(ARGV[6])
 if redis.call('EXISTS', job) == 0 then return {-3, 0} end
 -- What the checks and the statistics read of the record, in one call (each call costs more than its work).
-local head = redis.call('HMGET', job, 'terminal', 'batch', 'execution', 'prefab_id', 'function_name', 'version', 'created_ms')
+local head = redis.call(
+  'HMGET', job, 'terminal', 'batch', 'execution', 'prefab_id', 'function_name', 'version', 'created_ms'
+)
 if head[1] then return {-1, redis.call('LLEN', log)} end
 local seen = head[2]
 if batch_id ~= '' and seen == batch_id then return {0, redis.call('LLEN', log)} end

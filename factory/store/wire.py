@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,12 +135,14 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(RedisConnectionError(reason))
 
-    def send(self, packed: bytes) -> "asyncio.Future[Any]":
+    def send(self, packed: bytes, replies: int = 1) -> "list[asyncio.Future[Any]]":
+        """Write ``packed`` (``replies`` commands); a future per command, answered in order."""
         assert self.transport is not None
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append(future)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(replies)]
+        self.waiting.extend(futures)
         self.transport.write(packed)
-        return future
+        return futures
 
 
 class AsyncWire:
@@ -160,20 +163,31 @@ class AsyncWire:
 
     async def call(self, *args: Any) -> Any:
         """One command's reply (a redis-py exception for an error reply, a lost connection or a late reply)."""
+        return (await self.pipeline(args))[0]
+
+    async def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Several commands in one write and one round trip: their replies, in order (an error reply
+        among them raises, once all have come)."""
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
         try:
-            packed = hiredis.pack_command(args)
+            packed = b"".join([hiredis.pack_command(command) for command in commands])
         except TypeError as exc:
-            raise ValueError(f"cannot send {args[0]!r} to Redis: {exc}") from exc
-        future = protocol.send(packed)
+            raise ValueError(f"cannot send {commands} to Redis: {exc}") from exc
+        futures = protocol.send(packed, len(commands))
         try:
             async with asyncio.timeout(self.reply_timeout_s):
-                return await future
+                with suppress(Exception):  # an error reply is raised below, once every reply is in
+                    await futures[-1]  # replies come in order: the last one answered, all are
         except TimeoutError as exc:
             protocol.drop("Redis did not answer in time")  # later replies would no longer match their commands
             raise RedisTimeoutError(f"Redis did not answer within {self.reply_timeout_s:g} s") from exc
+        failures = [future.exception() for future in futures]  # each retrieved, so none is reported unread
+        for failure in failures:
+            if failure is not None:
+                raise failure
+        return [future.result() for future in futures]
 
     async def _connect(self) -> _Protocol:
         async with self._connecting:
@@ -190,7 +204,10 @@ class AsyncWire:
                             _Protocol, endpoint.host, endpoint.port, ssl=endpoint.tls
                         )
                     for command in endpoint.greeting:
-                        await protocol.send(hiredis.pack_command(command))
+                        await protocol.send(hiredis.pack_command(command))[0]
+            except ResponseError as exc:
+                protocol.drop(str(exc))
+                raise RedisConnectionError(f"Redis refused the connection: {exc}") from exc
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
             self._protocol = protocol
