@@ -465,3 +465,24 @@ def test_a_pub_sub_connection_that_stops_answering_is_replaced(redis_url: str, m
             await reader.close()
 
     run(scenario)
+
+
+def test_first_subscriptions_at_once_on_a_fresh_hub_share_one_connection(redis_url: str) -> None:
+    """Readers of different jobs subscribing at once on a hub that has not connected yet are all
+    confirmed, over the one connection the first of them opened."""
+    admin = redis.Redis.from_url(redis_url)
+    job_ids = [new_job(admin) for _ in range(20)]
+
+    async def scenario() -> None:
+        hub = RelayHub(f"{redis_url}?client_name={HUB}")  # not started: the first subscribe connects
+        try:
+            readers = await asyncio.gather(*(hub.subscribe(job_id) for job_id in job_ids))
+            assert len([c for c in admin.client_list() if c["name"] == HUB]) == 1
+            for job_id, reader in zip(job_ids, readers, strict=True):
+                channel = keys.events_channel(job_id)
+                assert admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+                await hub.unsubscribe(reader)
+        finally:
+            await hub.close()
+
+    run(scenario)
