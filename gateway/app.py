@@ -78,7 +78,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
         url = settings.require_redis_url()
         client = redis_async(url)
         sync_client = redis_sync(url)
-        wire = AsyncWire(url)
+        wire, enqueues = AsyncWire(url), AsyncWire(url)
         folders = await _register_folders(sync_client, settings)
         catalog = CatalogView(
             client, settings.queue_without_worker, lambda deployed: openapi.use_catalog(app, deployed)
@@ -99,7 +99,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             redis=client,
             wire=wire,
             catalog=catalog,
-            jobs=JobService(settings, client, sync_client, wire, catalog),
+            jobs=JobService(settings, client, sync_client, wire, enqueues, catalog),
             hub=hub,
             metrics=metrics,
             files=files,
@@ -124,6 +124,7 @@ def _lifespan(settings: Settings, authenticator: Authenticator | None) -> Lifesp
             await _bounded(client.aclose(close_connection_pool=True), "the Redis client's close")
             sync_client.close()
             wire.close()
+            enqueues.close()
 
     return lifespan
 

@@ -23,7 +23,7 @@ class GatewayState:
 
     settings: Settings
     redis: aioredis.Redis
-    wire: AsyncWire  # the lean connection of a call's path (``factory.store.wire``): enqueue, log reads
+    wire: AsyncWire  # the log reads' lean connection (``factory.store.wire``); the enqueue has its own
     catalog: CatalogView
     jobs: JobService
     hub: RelayHub

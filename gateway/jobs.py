@@ -64,11 +64,14 @@ class JobService:
         client: aioredis.Redis,
         sync_client: redis.Redis,
         wire: AsyncWire,
+        enqueues: AsyncWire,
         catalog: CatalogView,
     ):
         self.settings = settings
         self.client = client
-        self.wire = wire  # the enqueue's lean connection (``factory.store.wire``)
+        self.wire = wire  # the stream's first read, on the relay's lean connection (``factory.store.wire``)
+        # The enqueue's own: a slow log read (whose timeout drops its connection) never fails a call.
+        self.enqueues = enqueues
         self.sync_client = sync_client
         self.catalog = catalog
         self._append = client.register_script(APPEND_LUA)
@@ -112,7 +115,7 @@ class JobService:
             created_ms=request.created_ms,
             streaming=target.function.streaming,
         )
-        await enqueue_async(self.wire, self.sync_client, self.settings, record, request)
+        await enqueue_async(self.enqueues, self.sync_client, self.settings, record, request)
         queued = {
             "job_id": record.job_id,
             "event": "queued",

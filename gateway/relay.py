@@ -187,8 +187,10 @@ class EventStream:
             try:
                 await self.hub.confirmation(subscriber)
                 return
-            except TimeoutError as exc:
-                raise StoreUnreachable("Redis did not confirm the subscription") from exc
+            except TimeoutError as exc:  # not yet answered (the hub may be reconnecting): wait on, within the bound
+                if loop.time() > deadline:
+                    raise StoreUnreachable("Redis did not confirm the subscription") from exc
+                continue
             except (RedisError, OSError) as exc:
                 if loop.time() + delay_s > deadline:
                     raise StoreUnreachable(f"Redis unreachable for {self.limits.outage_s:g} s ({exc})") from exc

@@ -31,12 +31,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from factory.store import keys
-from factory.store.wire import CONNECT_TIMEOUT_S, Endpoint
+from factory.store.wire import Endpoint, failure, open_connection
 
 logger = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 10.0  # a PING unanswered for this long drops the connection
+RETRY_FIRST_S = 0.1  # the wait before reconnecting a connection that answered before it was lost
+RETRY_MAX_S = 2.0
 
 
 @dataclass(eq=False)
@@ -106,7 +108,9 @@ class _PubSub(asyncio.Protocol):
                 elif isinstance(reply, list) and len(reply) >= 2:
                     self.hub._pushed(self, reply)
                 elif reply == b"PONG":  # a PING's answer while no channel is subscribed
-                    self.pinged = False
+                    self.hub._alive(self)
+                elif isinstance(reply, ResponseError):  # a SUBSCRIBE refused (by an ACL, say)
+                    self.hub._refused(self, reply)
         except hiredis.ProtocolError as exc:
             self.drop(f"unreadable reply from Redis: {exc}")
 
@@ -161,7 +165,8 @@ class RelayHub:
         self._confirmed: dict[str, asyncio.Future[None]] = {}  # each channel asked of Redis, and its confirmation
         self._buffer = buffer_bytes
         self._protocol: _PubSub | None = None
-        self._connecting = asyncio.Lock()
+        self._connecting: asyncio.Task[_PubSub] | None = None  # the one connection attempt in progress
+        self._retry_s = RETRY_FIRST_S  # the wait before the next reconnect: reset once a connection answers
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
@@ -182,6 +187,8 @@ class RelayHub:
 
     async def close(self) -> None:
         self._closing = True
+        if self._connecting is not None:
+            self._connecting.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -270,35 +277,49 @@ class RelayHub:
             self._on_redis_error()
 
     async def _connected(self) -> _PubSub:
-        """The live connection, made (greeted, and every channel served subscribed) if there is none."""
-        async with self._connecting:
-            protocol = self._protocol
-            if protocol is not None and not protocol.lost:
-                return protocol
-            endpoint, loop = self._endpoint, asyncio.get_running_loop()
-            greeting = len(endpoint.greeting)
-
-            def made() -> _PubSub:
-                return _PubSub(self, greeting)
-
-            try:
-                async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    if endpoint.path is not None:
-                        transport, protocol = await loop.create_unix_connection(made, endpoint.path)
-                    else:
-                        transport, protocol = await loop.create_connection(
-                            made, endpoint.host, endpoint.port, ssl=endpoint.tls
-                        )
-                    for command in endpoint.greeting:
-                        transport.write(hiredis.pack_command(command))
-                    await protocol.greeted
-            except (OSError, TimeoutError) as exc:
-                raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
-            self._protocol = protocol
-            if self._confirmed:
-                protocol.initial = set(self._confirmed)
-                protocol.subscribe(list(self._confirmed))  # confirmed ones resync their readers on the answer
+        """The live connection; made (greeted, and every channel served subscribed) if there is none,
+        by one attempt that every caller meanwhile shares."""
+        protocol = self._protocol
+        if protocol is not None and not protocol.lost:
             return protocol
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect(), name="relay-hub-connect")
+            self._connecting.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> _PubSub:
+        greeting = len(self._endpoint.greeting)
+
+        async def greeted(protocol: _PubSub) -> None:
+            assert protocol.transport is not None
+            for command in self._endpoint.greeting:
+                protocol.transport.write(hiredis.pack_command(command))
+            await protocol.greeted
+
+        protocol = await open_connection(self._endpoint, lambda: _PubSub(self, greeting), greeted)
+        self._protocol = protocol
+        if self._confirmed:
+            protocol.initial = set(self._confirmed)
+            protocol.subscribe(list(self._confirmed))  # confirmed ones resync their readers on the answer
+        return protocol
+
+    def _refused(self, protocol: _PubSub, reply: ResponseError) -> None:
+        """Redis refused a SUBSCRIBE (which one, its error does not say): every subscription still
+        waiting for its answer fails, so its readers ask again (``gateway.relay``) and, refused each
+        time, end once their outage bound has passed, instead of waiting on an answer that never comes."""
+        self._on_redis_error()
+        logger.warning("Redis refused a pub/sub command: %s", reply)
+        for channel, confirmed in list(self._confirmed.items()):
+            if not confirmed.done():
+                del self._confirmed[channel]
+                protocol.asked.pop(channel, None)
+                confirmed.set_exception(failure(reply))
+                confirmed.exception()  # retrieved here: its readers may have given up waiting
+
+    def _alive(self, protocol: _PubSub) -> None:
+        """The connection answered: it is no longer suspect, and a later loss reconnects at once."""
+        protocol.pinged = False
+        self._retry_s = RETRY_FIRST_S
 
     def _pushed(self, protocol: _PubSub, reply: list[object]) -> None:
         """What Redis pushed on the connection: a channel message, a subscription's answer, a PING's."""
@@ -311,9 +332,10 @@ class RelayHub:
         elif kind == b"subscribe":
             name = reply[1]
             assert isinstance(name, bytes)
+            self._alive(protocol)
             self._subscribed(protocol, name.decode())
         elif kind == b"pong":
-            protocol.pinged = False
+            self._alive(protocol)
 
     def _subscribed(self, protocol: _PubSub, channel: str) -> None:
         left = protocol.asked.get(channel, 0) - 1
@@ -341,17 +363,18 @@ class RelayHub:
             self._reconnecting = self._spawn(self._reconnect(), "relay-hub-reconnect")
 
     async def _reconnect(self) -> None:
-        """Connect again, with backoff, while any channel is served (a subscribe connects by itself)."""
-        delay_s = 0.1
+        """Connect again while any channel is served (a subscribe connects by itself), after a wait that
+        doubles with each connection lost or refused before it answered anything (a server that accepts
+        and hangs up at once must not be hammered), and starts again at :data:`RETRY_FIRST_S`."""
         while self._confirmed and not self._closing:
+            delay_s, self._retry_s = self._retry_s, min(self._retry_s * 2, RETRY_MAX_S)
+            await asyncio.sleep(delay_s)
             try:
                 await self._connected()
                 return
             except (RedisError, OSError) as exc:
                 self._on_redis_error()
-                logger.warning("cannot reconnect the pub/sub connection (%s); again in %.1f s", exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
+                logger.warning("cannot reconnect the pub/sub connection (%s); again in %.1f s", exc, self._retry_s)
 
     async def _check_health(self) -> None:
         """PING the connection every :data:`HEALTH_CHECK_S`; one unanswered by the next drops it."""

@@ -9,15 +9,21 @@ channel message that got lost.
 """
 
 import asyncio
+import socket
+import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from typing import Any
 
 import orjson
+import pytest
 import redis
 import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from factory.settings import Settings
 from factory.store import keys
@@ -26,7 +32,7 @@ from factory.store.scripts import APPEND_LUA
 from factory.store.wire import AsyncWire
 from gateway.app import create_app
 from gateway.relay import FIRST_PAGE, EventStream, ReaderLimits
-from gateway.relay_hub import RelayHub, Subscriber
+from gateway.relay_hub import SUBSCRIBE_TIMEOUT_S, RelayHub, Subscriber
 from tests.job_log_kit import event, log_of, log_reads, new_job
 
 HUB = "relay-hub-under-test"
@@ -486,3 +492,64 @@ def test_first_subscriptions_at_once_on_a_fresh_hub_share_one_connection(redis_u
             await hub.close()
 
     run(scenario)
+
+
+def test_a_server_that_hangs_up_at_once_is_not_hammered(redis_url: str) -> None:
+    """Something that accepts the hub's connections and closes each at once (a proxy whose Redis is
+    down): the hub reconnects after a wait that doubles, not in a tight loop."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def hang_up() -> None:
+        with suppress(OSError):
+            while True:
+                listener.accept()[0].close()
+                accepted.append(1)
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    job_id = new_job(redis.Redis.from_url(redis_url))
+
+    async def scenario() -> None:
+        hub = RelayHub(f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+        try:
+            subscriber = hub.join(job_id)
+            asking = asyncio.create_task(hub.confirmation(subscriber))  # sent, then the connection goes
+            await asyncio.sleep(2.0)  # a rate over a fixed window: 0.1 + 0.2 + 0.4 + 0.8 s of waits fit in it
+            assert len(accepted) <= 8, f"{len(accepted)} connections in 2 s"
+            asking.cancel()
+            await asyncio.gather(asking, return_exceptions=True)
+        finally:
+            await hub.close()
+
+    try:
+        run(scenario)
+    finally:
+        listener.close()
+
+
+def test_a_subscribe_redis_refuses_fails_at_once(redis_url: str) -> None:
+    """A user whose ACL allows no channel: the SUBSCRIBE's error reply fails the reader's subscription
+    at once (its stream then asks again within its outage bound), instead of a 5 s wait for an answer."""
+    admin = redis.Redis.from_url(redis_url)
+    user, password = f"no-channels-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin.acl_setuser(
+        user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"], reset_channels=True
+    )
+    job_id = new_job(admin)
+    host_port = redis_url.removeprefix("redis://").rsplit("/", 1)[0]
+
+    async def scenario() -> None:
+        hub = RelayHub(f"redis://{user}:{password}@{host_port}/0")
+        try:
+            started = time.monotonic()
+            with pytest.raises(ResponseError, match="channel"):
+                await hub.subscribe(job_id)
+            assert time.monotonic() - started < SUBSCRIBE_TIMEOUT_S
+            assert hub.readers_of(job_id) == 0
+        finally:
+            await hub.close()
+
+    try:
+        run(scenario)
+    finally:
+        admin.acl_deluser(user)

@@ -3,17 +3,21 @@ obeyed, replies go to their own commands, and a connection that failed is never 
 
 import asyncio
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 
 import pytest
 import redis
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from factory.store.scripts import sha
-from factory.store.wire import AsyncWire, LuaScript, Wire
+from factory.store.wire import CONNECT_TIMEOUT_S, AsyncWire, LuaScript, Wire, failure
 
 ECHO_FIRST_ARG = LuaScript("return ARGV[1]", sha("return ARGV[1]"))
 
@@ -144,3 +148,61 @@ def test_async_scripts_errors_and_lost_connections(redis_url: str, admin: redis.
             wire.close()
 
     asyncio.run(main())
+
+
+def test_error_replies_are_raised_as_redis_py_raises_them() -> None:
+    """A server still loading its data, or full, answers with an error callers retry (redis-py's
+    ``ConnectionError`` subclasses), not one that ends a job or a stream."""
+    assert isinstance(failure(ResponseError("LOADING Redis is loading the dataset in memory")), BusyLoadingError)
+    assert isinstance(failure(ResponseError("ERR max number of clients reached")), RedisConnectionError)
+    assert isinstance(failure(ResponseError("NOSCRIPT No matching script")), NoScriptError)
+    assert type(failure(ResponseError("ERR unknown command 'X'"))) is ResponseError
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers; counts and watches them."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with suppress(OSError):
+            while True:
+                self.accepted.append(self.listener.accept()[0])
+
+    def all_closed_by_the_client(self) -> bool:
+        for sock in self.accepted:
+            sock.settimeout(10)
+            with suppress(ConnectionResetError):
+                while sock.recv(4096):  # the greeting the client sent, then its end
+                    pass
+        return True
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.accepted:
+            sock.close()
+
+
+def test_callers_share_one_connection_attempt_and_a_failed_one_is_closed() -> None:
+    """Against a server that never answers the greeting, twenty callers at once fail together after
+    one connect timeout (not one after another), and the connection that failed is closed."""
+    server = SilentServer()
+
+    async def main() -> None:
+        wire = AsyncWire(f"redis://127.0.0.1:{server.port}/0?client_name=waits-forever")
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(wire.call("PING") for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes), outcomes
+        assert time.monotonic() - started < 2 * CONNECT_TIMEOUT_S
+        assert len(server.accepted) == 1
+        wire.close()
+
+    try:
+        asyncio.run(main())
+        assert server.all_closed_by_the_client()
+    finally:
+        server.close()

@@ -3,21 +3,24 @@
 redis-py's clients run a long chain of Python for each command: the connection pool, the retry
 wrapper, timeouts, the stream reader, the observability hooks. On a machine whose caches are cold
 between requests, that chain measured ~330 µs (asyncio) and ~200 µs (blocking) more per command
-than the same bytes written to a socket and parsed by hiredis (``bench/RESULTS.md``). A call's
-enqueue (gateway) and its first event's append (work horse) each pay it once on that path, so
-those two go through here; everything else keeps redis-py.
+than the same bytes written to a socket and parsed by hiredis (``bench/RESULTS.md``). The
+commands on a call's path go through here: the gateway's enqueue (on a connection of its own),
+its log reads (the stream's first read, the relay's pages) and the work horse's appends; the
+relay hub's pub/sub connection (``gateway.relay_hub``) is made the same way. Everything else
+keeps redis-py.
 
 What this keeps of redis-py: what a URL means (``redis.connection.parse_url``: host and port or
-a unix socket, db, username and password, client name, TLS), its exceptions (a lost connection is
-``ConnectionError``, a late reply ``TimeoutError``, an error reply ``ResponseError`` or
-``NoScriptError``), and hiredis for the protocol.
+a unix socket, db, username and password, client name, TLS and its options), its exceptions (a
+lost connection is ``ConnectionError``, a late reply ``TimeoutError``, an error reply what
+redis-py's parser makes of it: ``NoScriptError``, ``BusyLoadingError`` and so on), and hiredis
+for the protocol. Sockets get TCP keepalive, so a peer gone silent is found while idle.
 
 Invariants: Redis answers a connection's commands in order, so each reply goes to the oldest
 command still waiting, and commands of concurrent callers pipeline on the one connection. A
 connection that failed, or whose reply came too late, is dropped with every command waiting on
-it (each fails with ``ConnectionError``); the next command connects afresh. A command is never
-sent twice: once written, whether it ran is unknown, and the caller decides what to do.
-"""
+it (each fails with ``ConnectionError``); the next command connects afresh, and a connection
+that failed on its way up is closed. A command is never sent twice: once written, whether it
+ran is unknown, and the caller decides what to do."""
 
 import asyncio
 import os
@@ -25,14 +28,16 @@ import socket
 import ssl
 import threading
 from collections import deque
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 CONNECT_TIMEOUT_S = 2.0  # as redis-py's clients here (``factory.connections``)
@@ -68,29 +73,84 @@ class Endpoint:
             greeting.append(("CLIENT", "SETNAME", options["client_name"]))
         if int(options.get("db") or 0):
             greeting.append(("SELECT", int(options["db"])))
-        tls = None
-        if url.startswith("rediss://"):
-            tls = ssl.create_default_context()
-            if str(options.get("ssl_cert_reqs", "required")).lower() in ("none", "optional"):
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_NONE
         return cls(
             host=options.get("host") or "localhost",
             port=int(options.get("port") or 6379),
             path=options.get("path"),
-            tls=tls,
+            tls=_tls(options) if url.startswith("rediss://") else None,
             greeting=tuple(greeting),
         )
+
+
+def _tls(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS a ``rediss://`` URL asks for, with redis-py's URL options (``ssl_cert_reqs``,
+    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``)."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    requirement = str(options.get("ssl_cert_reqs", "required")).lower()
+    if requirement == "none" or options.get("ssl_check_hostname") is False:
+        context.check_hostname = False
+    context.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(requirement, ssl.CERT_REQUIRED)
+    return context
+
+
+def keep_alive(sock: Any) -> None:
+    """No Nagle delay, and TCP keepalive probes, so a peer gone silent (a NAT or a balancer that
+    forgot the connection) is found by the kernel within about 25 s of quiet, not at the next command."""
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except (OSError, AttributeError):
+        pass  # a transport without a real socket: the defaults stay
+
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
+
+
+async def open_connection(
+    endpoint: Endpoint, factory: Callable[[], _P], greeted: Callable[[_P], Awaitable[None]]
+) -> _P:
+    """A connected protocol that has said the endpoint's greeting (``greeted`` waits for its answers).
+
+    Whatever fails or is cancelled on the way closes the connection it opened; a failure is
+    redis-py's ``ConnectionError`` (a refused greeting, an unreachable or silent server)."""
+    loop = asyncio.get_running_loop()
+    transport: asyncio.Transport | None = None
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            if endpoint.path is not None:
+                transport, protocol = await loop.create_unix_connection(factory, endpoint.path)
+            else:
+                transport, protocol = await loop.create_connection(
+                    factory, endpoint.host, endpoint.port, ssl=endpoint.tls
+                )
+            keep_alive(transport.get_extra_info("socket"))
+            await greeted(protocol)
+        return protocol
+    except BaseException as exc:
+        if transport is not None:
+            transport.abort()
+        if isinstance(exc, ResponseError):
+            raise RedisConnectionError(f"Redis refused the connection: {exc}") from exc
+        if isinstance(exc, OSError | TimeoutError):
+            raise RedisConnectionError(f"cannot connect to Redis: {str(exc) or type(exc).__name__}") from exc
+        raise
 
 
 def _reader() -> hiredis.Reader:
     return hiredis.Reader(replyError=ResponseError)
 
 
-def _failure(reply: ResponseError) -> ResponseError:
-    """An error reply as redis-py raises it (a missing script is ``NoScriptError``)."""
-    message = str(reply)
-    return NoScriptError(message) if message.startswith("NOSCRIPT") else reply
+def failure(reply: ResponseError) -> RedisError:
+    """An error reply as redis-py raises it: ``NoScriptError`` for a missing script, a
+    ``ConnectionError`` for LOADING or a full server (so callers retry it), and so on."""
+    error: RedisError = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+    return error
 
 
 class _Protocol(asyncio.Protocol):
@@ -113,7 +173,7 @@ class _Protocol(asyncio.Protocol):
                 if future.done():  # its caller was cancelled: the reply is only consumed
                     continue
                 if isinstance(reply, ResponseError):
-                    future.set_exception(_failure(reply))
+                    future.set_exception(failure(reply))
                 else:
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:
@@ -146,13 +206,16 @@ class _Protocol(asyncio.Protocol):
 
 
 class AsyncWire:
-    """The gateway's lean connection (see the module's docstring); safe for concurrent callers."""
+    """A lean connection of the gateway (see the module's docstring); safe for concurrent callers.
+
+    Callers that find it unconnected share one connection attempt (each waits at most
+    :data:`CONNECT_TIMEOUT_S`, however many arrive while Redis is away)."""
 
     def __init__(self, url: str, *, reply_timeout_s: float = 5.0) -> None:
         self.endpoint = Endpoint.from_url(url)
         self.reply_timeout_s = reply_timeout_s
         self._protocol: _Protocol | None = None
-        self._connecting = asyncio.Lock()
+        self._connecting: asyncio.Task[_Protocol] | None = None
 
     async def run_script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL when Redis lost the script (a restart): it is loaded by that run."""
@@ -170,7 +233,7 @@ class AsyncWire:
         among them raises, once all have come)."""
         protocol = self._protocol
         if protocol is None or protocol.lost:
-            protocol = await self._connect()
+            protocol = await self._connected()
         try:
             packed = b"".join([hiredis.pack_command(command) for command in commands])
         except TypeError as exc:
@@ -181,39 +244,38 @@ class AsyncWire:
                 with suppress(Exception):  # an error reply is raised below, once every reply is in
                     await futures[-1]  # replies come in order: the last one answered, all are
         except TimeoutError as exc:
-            protocol.drop("Redis did not answer in time")  # later replies would no longer match their commands
+            # Later replies would no longer match their commands: the connection goes, and with it
+            # every command waiting on it, whose outcome is as unknown as this one's.
+            protocol.drop(f"dropped: a reply took longer than {self.reply_timeout_s:g} s")
             raise RedisTimeoutError(f"Redis did not answer within {self.reply_timeout_s:g} s") from exc
-        failures = [future.exception() for future in futures]  # each retrieved, so none is reported unread
-        for failure in failures:
-            if failure is not None:
-                raise failure
+        finally:
+            for future in futures:  # each failure retrieved (or the wait given up), so none is reported unread
+                if not future.done():
+                    future.cancel()  # a cancelled caller's: its reply is consumed unread
+                elif not future.cancelled():
+                    future.exception()
+        for future in futures:
+            if (error := future.exception()) is not None:
+                raise error
         return [future.result() for future in futures]
 
+    async def _connected(self) -> _Protocol:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect())
+            self._connecting.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return await asyncio.shield(self._connecting)
+
     async def _connect(self) -> _Protocol:
-        async with self._connecting:
-            if self._protocol is not None and not self._protocol.lost:
-                return self._protocol
-            loop = asyncio.get_running_loop()
-            endpoint = self.endpoint
-            try:
-                async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    if endpoint.path is not None:
-                        _, protocol = await loop.create_unix_connection(_Protocol, endpoint.path)
-                    else:
-                        _, protocol = await loop.create_connection(
-                            _Protocol, endpoint.host, endpoint.port, ssl=endpoint.tls
-                        )
-                    for command in endpoint.greeting:
-                        await protocol.send(hiredis.pack_command(command))[0]
-            except ResponseError as exc:
-                protocol.drop(str(exc))
-                raise RedisConnectionError(f"Redis refused the connection: {exc}") from exc
-            except (OSError, TimeoutError) as exc:
-                raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
-            self._protocol = protocol
-            return protocol
+        async def greeted(protocol: _Protocol) -> None:
+            for command in self.endpoint.greeting:
+                await protocol.send(hiredis.pack_command(command))[0]
+
+        self._protocol = await open_connection(self.endpoint, _Protocol, greeted)
+        return self._protocol
 
     def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
         if self._protocol is not None and not self._protocol.lost:
             self._protocol.drop("closed")
         self._protocol = None
@@ -251,7 +313,7 @@ class Wire:
             sock = self._connected()
             reply = self._exchange(sock, packed)
         if isinstance(reply, ResponseError):
-            raise _failure(reply)
+            raise failure(reply)
         return reply
 
     def _connected(self) -> socket.socket:
@@ -266,7 +328,7 @@ class Wire:
                 sock.connect(endpoint.path)
             else:
                 sock = socket.create_connection((endpoint.host, endpoint.port), timeout=CONNECT_TIMEOUT_S)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                keep_alive(sock)
                 if endpoint.tls is not None:
                     sock = endpoint.tls.wrap_socket(sock, server_hostname=endpoint.host)
         except OSError as exc:
