@@ -6,13 +6,14 @@ imports worker code. Each enqueue also rings the queue's doorbell, which wakes t
 blocked on it (``worker.rqjobs``); the doorbell is short and expires, a wake-up hint only.
 """
 
+from itertools import chain
 from typing import Any
 
 import redis
 
 from factory.errors import ServiceUnavailable
 from factory.jobs import InvocationRequest, JobRecord
-from factory.retention import note_recent
+from factory.retention import recent_writes
 from factory.rqtask import TASK
 from factory.settings import Settings
 from factory.store import keys, rqview
@@ -35,34 +36,34 @@ def queue_for(settings: Settings, request: InvocationRequest) -> str:
 def _writes(client: redis.Redis, settings: Settings, record: JobRecord, request: InvocationRequest) -> list[Any]:
     """Every write that creates the job, flattened for :data:`ENQUEUE_LUA`'s ARGV (after the limit).
 
-    RQ makes its own job hash and queue entry (``enqueue_call``, on a pipeline of ``client`` that
-    only records them), so the layout is always the installed RQ's; nothing is sent here.
+    RQ's job hash and queue entry are the installed RQ's own writes (``rqview.job_writes``; ``client``
+    only records them, once per queue and function); nothing is sent here. Plain command lists:
+    a redis-py pipeline to collect them cost more than all of them.
     """
     queue = queue_for(settings, request)
     doorbell = keys.doorbell_key(queue)
-    with client.pipeline() as pipe:
-        pipe.multi()
-        pipe.hset(keys.job_key(record.job_id), mapping=record.to_hash())  # type: ignore[arg-type]
-        if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
-            note_recent(pipe, record.job_id, record.created_ms, settings.retention_s)
-        rqview.add_job_on(
-            pipe,
-            client,
-            queue,
-            request.job_id,
-            TASK,
-            [request.model_dump(mode="json")],
-            timeout_s=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
-            ttl_s=settings.retention_s,
-            description=f"{request.prefab_id}.{request.function_name}",
-        )
-        pipe.rpush(doorbell, 1)
-        pipe.ltrim(doorbell, -DOORBELL_LENGTH, -1)
-        pipe.expire(doorbell, DOORBELL_TTL_S)
-        flat: list[Any] = []
-        for args, _ in pipe.command_stack:
-            flat += [len(args), *args]
-        return flat
+    commands: list[list[Any]] = [["HSET", keys.job_key(record.job_id), *chain.from_iterable(record.to_hash().items())]]
+    if request.kind == "call":  # the recent jobs are callers' (a build is followed by its deployment)
+        commands += recent_writes(record.job_id, record.created_ms, settings.retention_s)
+    commands += rqview.job_writes(
+        client,
+        queue,
+        request.job_id,
+        TASK,
+        [request.model_dump(mode="json")],
+        timeout_s=int(request.timeout_s) + RQ_TIMEOUT_MARGIN_S,
+        ttl_s=settings.retention_s,
+        description=f"{request.prefab_id}.{request.function_name}",
+    )
+    commands += [
+        ["RPUSH", doorbell, 1],
+        ["LTRIM", doorbell, -DOORBELL_LENGTH, -1],
+        ["EXPIRE", doorbell, DOORBELL_TTL_S],
+    ]
+    flat: list[Any] = []
+    for command in commands:
+        flat += [len(command), *command]
+    return flat
 
 
 def _check_room(settings: Settings, waiting: int) -> None:

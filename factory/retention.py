@@ -5,7 +5,7 @@ Keys: the job's record, log and files hash get their TTL from the terminal appen
 (``factory.store.eventlog``). RQ's view of the job (its hash and registry entries) gets one from
 whoever ends the job: the worker when it releases a job it ran, the gateway's cancel or a settle of
 a lost execution otherwise (``factory.store.rqview``). ``factory:recent`` is trimmed by time and
-given a TTL in the same transaction as every write (:func:`note_recent`), so it never outgrows the
+given a TTL in the same transaction as every write (:func:`recent_writes`), so it never outgrows the
 retention.
 
 A job's outputs are kept while its record is (the record expires ``retention_s`` after the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 import redis
-from redis.client import Pipeline
+from redis.typing import EncodableT
 
 from factory.filerefs import OUTPUTS_PREFIX, UPLOADS_PREFIX, is_hex_id
 from factory.jobs import JobStatus
@@ -42,12 +42,14 @@ WORKSPACE_GRACE_S = 10.0
 SPARE_PREFIX = ".spare-"
 
 
-def note_recent(pipe: Pipeline, job_id: str, created_ms: int, retention_s: int) -> None:
-    """Queue on ``pipe`` the job's entry in the recent list, dropping entries older than the retention."""
+def recent_writes(job_id: str, created_ms: int, retention_s: int) -> list[list[EncodableT]]:
+    """The commands that put the job in the recent list and drop entries older than the retention."""
     key = keys.recent_jobs_key()
-    pipe.zadd(key, {job_id: created_ms})
-    pipe.zremrangebyscore(key, "-inf", created_ms - retention_s * 1000)
-    pipe.expire(key, retention_s)
+    return [
+        ["ZADD", key, created_ms, job_id],
+        ["ZREMRANGEBYSCORE", key, "-inf", created_ms - retention_s * 1000],
+        ["EXPIRE", key, retention_s],
+    ]
 
 
 def _without_record(client: redis.Redis, ids: list[str], record_key: Callable[[str], str]) -> list[str]:

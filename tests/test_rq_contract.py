@@ -107,7 +107,7 @@ def _but_times(commands: list[tuple[tuple[object, ...], dict[str, object]]]) -> 
 
 
 def test_a_job_is_written_as_rqs_own_enqueue_writes_it(client: redis.Redis) -> None:
-    """``add_job_on`` fills in RQ's writes made once per queue and function: for any job, the
+    """``job_writes`` fills in RQ's writes made once per queue and function: for any job, the
     commands RQ's ``enqueue_call`` sends, but for the times."""
     # The second queue's prefab id is the text RQ's writes are made with in place of a job's id.
     for name, description in (("q", "p.f"), ("factory.rqview_placeholder_job", "rqview_placeholder_job.f")):
@@ -121,7 +121,11 @@ def _assert_rqs_own_writes(client: redis.Redis, name: str, description: str) -> 
         with client.pipeline() as ours, client.pipeline() as rqs:
             ours.multi()
             rqs.multi()
-            rqview.add_job_on(ours, client, name, job_id, TASK, args, timeout_s=37, ttl_s=90, description=description)
+            writes = rqview.job_writes(
+                client, name, job_id, TASK, args, timeout_s=37, ttl_s=90, description=description
+            )
+            for command in writes:
+                ours.execute_command(*command)  # type: ignore[no-untyped-call]
             queue.enqueue_call(
                 TASK,
                 args=args,

@@ -1,6 +1,6 @@
 """RQ's view of the factory's jobs and workers; the one module that imports ``rq``.
 
-RQ is kept on purpose: jobs are real RQ jobs, created through RQ's own API (:func:`add_job_on`), so
+RQ is kept on purpose: jobs are real RQ jobs, created through RQ's own API (:func:`job_writes`), so
 ``rq info``, rq-dashboard and RQ's Python API see the queues, the jobs and their calls. No RQ worker
 runs them: the factory's worker takes and settles jobs in one round trip each (``worker.rqjobs``,
 ``factory.store.scripts``), and keeps RQ's records true as it goes, which costs no round trip of its
@@ -69,8 +69,7 @@ def rq_time() -> str:
     return utcformat(now())
 
 
-def add_job_on(
-    pipe: Pipeline,
+def job_writes(
     client: redis.Redis,
     queue_name: str,
     job_id: str,
@@ -80,12 +79,13 @@ def add_job_on(
     timeout_s: int,
     ttl_s: int,
     description: str,
-) -> None:
-    """Queue on ``pipe`` the creation of an RQ job calling ``func`` (a dotted path) and its place on the queue.
+) -> list[list[Any]]:
+    """The commands that create an RQ job calling ``func`` (a dotted path) and put it on the queue.
 
     The writes are RQ's own (:func:`_rq_writes`), made once per queue, function, timeout, TTL and
-    description; each job fills in its id, its call and its times, which is all RQ's writes of it
-    differ in. RQ's ``Job`` (its serializer checks, its dict) cost more than the rest of an enqueue.
+    description (``client`` only records them, then); each job fills in its id, its call and its
+    times, which is all RQ's writes of it differ in. RQ's ``Job`` (its serializer checks, its dict)
+    cost more than the rest of an enqueue.
     """
     writes = _rq_writes(client, queue_name, func, timeout_s, ttl_s, description)
     call = zlib.compress(JSONSerializer.dumps((func, None, args, {})))  # type: ignore[no-untyped-call]
@@ -97,8 +97,7 @@ def add_job_on(
         commands[command][at] = job_key if is_key else job_id
     for command, at, name in writes.own:
         commands[command][at] = own[name]
-    for command_args in commands:
-        pipe.execute_command(*command_args)  # type: ignore[no-untyped-call]
+    return commands
 
 
 _PLACEHOLDER_ID = "rqview_placeholder_job"  # no dot: never a queue name (``factory.<prefab>``) nor a description
