@@ -227,8 +227,10 @@ class RelayHub:
         confirmed = subscriber.confirmed
         if confirmed is None or (confirmed.done() and (confirmed.cancelled() or confirmed.exception() is not None)):
             confirmed = subscriber.confirmed = await self._ask(subscriber.channel)
-        if not confirmed.done():
-            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
+        if confirmed.done():  # answered while it was being asked: refused, maybe
+            confirmed.result()
+            return
+        await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT_S)
 
     async def _ask(self, channel: str) -> "asyncio.Future[None]":
         """The subscription of ``channel``, asked of Redis by its first reader."""
