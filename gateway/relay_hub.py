@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from factory.store import keys
-from factory.store.wire import Endpoint, failure, open_connection
+from factory.store.wire import Attempts, Endpoint, failure, open_connection
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class RelayHub:
         self._confirmed: dict[str, asyncio.Future[None]] = {}  # each channel asked of Redis, and its confirmation
         self._buffer = buffer_bytes
         self._protocol: _PubSub | None = None
-        self._connecting: asyncio.Task[_PubSub] | None = None  # the one connection attempt in progress
+        self._attempts = Attempts(self._connect, "relay-hub-connect")
         self._retry_s = RETRY_FIRST_S  # the wait before the next reconnect: reset once a connection answers
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnecting: asyncio.Task[None] | None = None
@@ -187,8 +187,7 @@ class RelayHub:
 
     async def close(self) -> None:
         self._closing = True
-        if self._connecting is not None:
-            self._connecting.cancel()
+        self._attempts.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -284,10 +283,7 @@ class RelayHub:
         protocol = self._protocol
         if protocol is not None and not protocol.lost:
             return protocol
-        if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.create_task(self._connect(), name="relay-hub-connect")
-            self._connecting.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return await asyncio.shield(self._connecting)
+        return await self._attempts.wait()
 
     async def _connect(self) -> _PubSub:
         greeting = len(self._endpoint.greeting)

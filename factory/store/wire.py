@@ -28,10 +28,10 @@ import socket
 import ssl
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import hiredis
 from redis._parsers.base import BaseParser
@@ -142,6 +142,27 @@ async def open_connection(
         raise
 
 
+class Attempts(Generic[_P]):
+    """Connection attempts made one at a time: every caller that finds no live connection waits on
+    the attempt in progress (each at most :data:`CONNECT_TIMEOUT_S`, however many arrive while Redis
+    is away), and a failed attempt is left for the next caller to start again."""
+
+    def __init__(self, connect: Callable[[], Coroutine[Any, Any, _P]], name: str) -> None:
+        self._connect = connect
+        self._name = name
+        self._task: asyncio.Task[_P] | None = None
+
+    async def wait(self) -> _P:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._connect(), name=self._name)
+            self._task.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return await asyncio.shield(self._task)
+
+    def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
 def _reader() -> hiredis.Reader:
     return hiredis.Reader(replyError=ResponseError)
 
@@ -197,7 +218,8 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, packed: bytes, replies: int = 1) -> "list[asyncio.Future[Any]]":
         """Write ``packed`` (``replies`` commands); a future per command, answered in order."""
-        assert self.transport is not None
+        if self.lost or self.transport is None:
+            raise RedisConnectionError("the connection to Redis is lost")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(replies)]
         self.waiting.extend(futures)
@@ -215,7 +237,7 @@ class AsyncWire:
         self.endpoint = Endpoint.from_url(url)
         self.reply_timeout_s = reply_timeout_s
         self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Task[_Protocol] | None = None
+        self._attempts = Attempts(self._connect, "wire-connect")
 
     async def run_script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL when Redis lost the script (a restart): it is loaded by that run."""
@@ -233,7 +255,7 @@ class AsyncWire:
         among them raises, once all have come)."""
         protocol = self._protocol
         if protocol is None or protocol.lost:
-            protocol = await self._connected()
+            protocol = await self._attempts.wait()
         try:
             packed = b"".join([hiredis.pack_command(command) for command in commands])
         except TypeError as exc:
@@ -259,12 +281,6 @@ class AsyncWire:
                 raise error
         return [future.result() for future in futures]
 
-    async def _connected(self) -> _Protocol:
-        if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.create_task(self._connect())
-            self._connecting.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return await asyncio.shield(self._connecting)
-
     async def _connect(self) -> _Protocol:
         async def greeted(protocol: _Protocol) -> None:
             for command in self.endpoint.greeting:
@@ -274,8 +290,7 @@ class AsyncWire:
         return self._protocol
 
     def close(self) -> None:
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
+        self._attempts.cancel()
         if self._protocol is not None and not self._protocol.lost:
             self._protocol.drop("closed")
         self._protocol = None
@@ -321,6 +336,7 @@ class Wire:
             return self._sock
         self._sock, self._pid, self._reader = None, os.getpid(), _reader()  # a parent's socket is left alone
         endpoint = self.endpoint
+        sock: socket.socket | None = None
         try:
             if endpoint.path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -332,6 +348,8 @@ class Wire:
                 if endpoint.tls is not None:
                     sock = endpoint.tls.wrap_socket(sock, server_hostname=endpoint.host)
         except OSError as exc:
+            if sock is not None:
+                sock.close()
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         sock.settimeout(self.reply_timeout_s)
         for command in endpoint.greeting:
