@@ -90,9 +90,10 @@ sandbox:
 	fi
 
 # The benchmark (docs/benchmark.md): `make bench`, or e.g. `make bench ARGS="--quick --only many-jobs"`.
+# It measures the runners in the sandbox a deployment gets (as root: bubblewrap and a user each).
 STAMP_BENCH := $(VENV)/.installed-bench
 
-bench: $(STAMP_BENCH)
+bench: $(STAMP_BENCH) sandbox
 	$(BIN)/python -m bench $(ARGS)
 
 $(STAMP_BENCH): pyproject.toml $(CONSTRAINTS) | $(BIN)/python

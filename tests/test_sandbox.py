@@ -13,6 +13,7 @@ The whole scene plays once per module (:func:`scene`), the tests each check one 
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from factory.isolation import probe, warning
 from factory.settings import Settings
 from factory_cli.embedded_redis import EmbeddedRedis
 from tests.prefab_kit import build, deploy, function, make_prefab, wait_deployed
-from tests.stack import Stack, events_url, invoke, read_events, wait_status
+from tests.stack import ROOT, Stack, events_url, invoke, read_events, wait_status
 from worker.provision import runner_spec
 from worker.runners import Runner
 from worker.sandbox import MountPlan, mount_args
@@ -512,6 +513,40 @@ def test_degraded_isolation_is_reported(tmp_path: Path) -> None:
     report = seen["output"]
     assert report["uid"] >= Settings().runner_uid_base and report["readable_environs"] == []
     assert not report["needle_seen"] and _refused(report["list_state"]) and _refused(report["list_work"])
+
+
+def test_without_a_mount_view_a_worker_refuses_folders_its_runners_cannot_pass(tmp_path: Path, redis_url: str) -> None:
+    """As root without bubblewrap the runners walk the machine's own folders: a state folder under a
+    folder closed to other users would fail every job at its first step, so the worker does not start
+    and says which folder is closed and what to do about it."""
+    if os.getuid() != 0:
+        pytest.skip("runners have users of their own only when the factory runs as root")
+    workdir = Path(tempfile.mkdtemp(prefix="factory-closed-"))  # pytest's own folders are closed as a whole
+    workdir.chmod(0o711)
+    closed = workdir / "closed"
+    closed.mkdir()
+    closed.chmod(0o700)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("FACTORY_")}
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "FACTORY_STATE_DIR": str(closed / "state"),
+            "FACTORY_PREFABS": str(tmp_path / "no-folders"),
+            "FACTORY_BWRAP_PATH": str(tmp_path / "no-bwrap"),
+            "FACTORY_PREFAB_PYTHON": SYSTEM_PYTHON,
+            "FACTORY_LOG_JSON": "false",
+        }
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "worker"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert f"{closed} is mode 0700" in said and f"chmod o+x {closed}" in said, said
+    assert "Traceback" not in said, said
 
 
 def test_sandbox_off_is_reported_as_off() -> None:

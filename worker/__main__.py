@@ -3,6 +3,7 @@
 import logging
 import os
 import socket
+import sys
 import uuid
 
 from factory import logs
@@ -16,7 +17,7 @@ from factory.store.wire import Wire
 from worker.engine import Engine
 from worker.files import FileBridge
 from worker.presence import Presence
-from worker.provision import Provisioner
+from worker.provision import Provisioner, ProvisionError
 from worker.runner import WorkerRuntime
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,11 @@ def main() -> None:
             settings.worker_heartbeat_s,
         )
     name = _worker_name()
-    runtime = build_runtime(settings, name)
+    try:
+        runtime = build_runtime(settings, name)
+    except ProvisionError as exc:  # the machine cannot run prefabs as configured: say why, once
+        logger.error("worker cannot start: %s", exc)
+        sys.exit(2)
     blocking = redis_sync(settings.require_redis_url(), socket_timeout_s=None)  # for the blocking pop
     engine = Engine(settings, runtime, blocking)
     engine.jobs.queues.refresh()

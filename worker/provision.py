@@ -14,6 +14,7 @@ runs as a uid of its own, which owns the workspaces of its jobs (mode 0700) and 
 import logging
 import os
 import pwd
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -68,6 +69,8 @@ class Provisioner:
         self._job_ids: tuple[int, int] | None = None  # uid, gid of the current job's runner (root only)
         if self._fixed_ids is not None or self.isolation.separate_users:
             _close_state_dir(settings.state_dir)
+            if not self.isolation.private_mounts:
+                _check_reachable(settings, python)
         if self.isolation.missing:
             logger.warning("prefab isolation is %s: %s", self.isolation.level, "; ".join(self.isolation.missing))
 
@@ -249,6 +252,37 @@ def _user_ids(user: str | None) -> tuple[int, int] | None:
         return None
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
+
+
+def _closed_folder(path: Path) -> Path | None:
+    """The first folder on the way to ``path`` (itself too, if a folder) that other users cannot pass through."""
+    resolved = path.resolve()
+    for folder in [*reversed(resolved.parents), resolved]:
+        if folder.is_dir() and not folder.stat().st_mode & stat.S_IXOTH:
+            return folder
+    return None
+
+
+def _check_reachable(settings: Settings, python: str) -> None:
+    """Refuse to start when the runners' users could not reach what a job needs: without
+    bubblewrap's mount view they walk the machine's own folders, so every folder on the way to the
+    workspaces, the environments, the interpreter and the runner's entry point must let other users
+    through (else every job would fail at its first step, each with the same error)."""
+    needed = {
+        settings.state_dir / "work": "FACTORY_STATE_DIR",
+        settings.environments_dir(): "FACTORY_ENV_DIR",
+        Path(python): "FACTORY_PREFAB_PYTHON",
+        RUNNER_PATH: "the factory's installation",
+    }
+    for path, setting in needed.items():
+        closed = _closed_folder(path)
+        if closed is not None:
+            mode = stat.S_IMODE(closed.stat().st_mode)
+            raise ProvisionError(
+                f"prefab runners run as users of their own and cannot reach {path}: {closed} is mode {mode:04o}, "
+                f"closed to other users. Let them through it (chmod o+x {closed}), move {setting} elsewhere, "
+                "or install bubblewrap (their own mount view needs none of this)"
+            )
 
 
 def _close_state_dir(state_dir: Path) -> None:
