@@ -7,8 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import requests
 
+from factory.store import keys
 from tests.openai_double import REPLY, openai_double
 from tests.stack import Gateway, Stack, invoke, read_events, runner_pids, running, wait_status, wait_until
 
@@ -173,6 +175,19 @@ def test_two_workers_run_two_jobs_at_once(gateway: Gateway) -> None:
     assert a["status"] == b["status"] == "finished"
     assert a["worker"] != b["worker"]
     assert a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]
+
+
+def test_a_finished_job_keeps_compact_hashes(gateway: Gateway, shared_stack: Stack) -> None:
+    """What a finished job keeps for its retention stays in Redis's compact hash encoding (the embedded
+    Redis's ``COMPACT_HASHES``): RQ's hash holds the job's call, over Redis's default 64-byte limit."""
+    job_id = invoke(gateway.url, "counter", {"count": 2})
+    assert wait_status(gateway.url, job_id, {"finished", "failed"})["status"] == "finished"
+    client = redis.Redis.from_url(shared_stack.redis_url)
+    rq_hash = keys.rq_job_key(job_id)
+    wait_until(lambda: client.hget(rq_hash, "status") == b"finished", timeout_s=30)  # its end comes just after
+    for key in (rq_hash, keys.job_key(job_id)):
+        assert client.object("encoding", key) in (b"ziplist", b"listpack"), key
+    assert int(client.memory_usage(rq_hash, samples=0) or 0) < 1200
 
 
 def test_timeout_is_not_swallowed_by_the_prefab(gateway: Gateway) -> None:
