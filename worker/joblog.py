@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RunOutcome:
-    """Set by the caller inside the block: did the run end with a retry (another attempt follows).
+class LoggedRun:
+    """What the block logs of its run, set by the caller inside it: did it end with a retry (another
+    attempt follows), or with the terminal event it wrote itself (no read back at the end).
 
     :meth:`log_started` writes the ``started`` line; the caller calls it once the prefab's runner
     has its order, so the line's cost is not on the way to the job's first event (the block's end
@@ -51,7 +52,7 @@ def _ended(client: redis.Redis, job_id: str) -> JobRecord | None:
 
 
 @contextmanager
-def logged_run(client: redis.Redis, request: InvocationRequest, attempt: int, worker: str) -> Iterator[RunOutcome]:
+def logged_run(client: redis.Redis, request: InvocationRequest, attempt: int, worker: str) -> Iterator[LoggedRun]:
     """Tag the block's log lines with the job, capture print output, log its start and its end."""
     fields = {
         "prefab_id": request.prefab_id,
@@ -60,22 +61,22 @@ def logged_run(client: redis.Redis, request: InvocationRequest, attempt: int, wo
         "worker": worker,
         "attempt": attempt,
     }
-    outcome = RunOutcome()
+    run = LoggedRun()
     with job_context(request.job_id, **fields):
         began = time.monotonic()
         try:
-            yield outcome
+            yield run
         finally:
-            outcome.log_started()
-            _log_end(client, request.job_id, outcome, time.monotonic() - began)
+            run.log_started()
+            _log_end(client, request.job_id, run, time.monotonic() - began)
 
 
-def _log_end(client: redis.Redis, job_id: str, outcome: RunOutcome, ran_s: float) -> None:
-    if outcome.retrying:
+def _log_end(client: redis.Redis, job_id: str, run: LoggedRun, ran_s: float) -> None:
+    if run.retrying:
         logger.info("job retried", extra={"event": "retried"})
         return
-    if outcome.closed_as is not None:  # no read back: this run wrote the end itself
-        _log_ended(outcome.closed_as, outcome.error_code, round(ran_s, 3))
+    if run.closed_as is not None:  # no read back: this run wrote the end itself
+        _log_ended(run.closed_as, run.error_code, round(ran_s, 3))
         return
     record = _ended(client, job_id)
     if record is None or not record.status.is_final:
