@@ -16,7 +16,9 @@ PIP_INSTALL := $(BIN)/python -m pip install -c $(CONSTRAINTS)
 
 .PHONY: up test test-under-load test-lowest soak bench browser sandbox lock
 
-up: $(STAMP_RUN)
+# As root it installs bubblewrap first (the `sandbox` target, below), as `make test` does: runners get
+# their full sandbox, and need no folder on their way opened to other users.
+up: $(STAMP_RUN) sandbox
 	$(BIN)/factory up $(ARGS)
 
 # The whole suite, then (unless ARGS picks tests) the fault tests again with one core taken by a
