@@ -254,6 +254,32 @@ def test_code_runs_in_the_prefab_environment_and_a_killed_runner_is_replaced(mak
     assert runner_pids(worker, where["executable"]) not in ([], [runner])  # a new runner serves the next job
 
 
+EDITABLE_MAIN = """
+def which() -> dict:
+    return {{"code": "{mark}"}}
+"""
+
+
+def test_a_served_folder_prefab_runs_its_edited_code_without_a_restart(make_stack: Stack, tmp_path: Path) -> None:
+    """In development a worker serves a prefab folder in place: once its code changes, a job after the
+    runner's next look at it (at most ``CODE_RECHECK_S`` apart) runs in a fresh runner with the new
+    code, with no restart of anything."""
+    folders = tmp_path / "prefabs"
+    folder = make_prefab(folders, "editable", "1.0.0", EDITABLE_MAIN.format(mark="first"), [function("which")])
+    make_stack.env["FACTORY_PREFABS"] = str(folders)
+    gateway = make_stack.start_gateway()
+    make_stack.start_worker()
+    assert _result(gateway.url, "which", {}, prefab_id="editable") == {"code": "first"}
+    main = folder / "src" / "main.py"
+    main.write_text(EDITABLE_MAIN.format(mark="second"))
+    later = time.time() + 2
+    os.utime(main, (later, later))  # a newer stamp, also where file times are coarse
+    deadline = time.monotonic() + 60
+    while (seen := _result(gateway.url, "which", {}, prefab_id="editable")) != {"code": "second"}:
+        assert seen == {"code": "first"} and time.monotonic() < deadline, seen
+        time.sleep(0.2)
+
+
 def test_memory_limit_ends_the_job_and_the_runner_is_replaced(make_stack: Stack, tmp_path: Path) -> None:
     gateway = make_stack.start_gateway()
     make_stack.start_worker()
