@@ -6,6 +6,7 @@ the factory wrote through RQ's own API, so an RQ release that lays anything out 
 here before it misleads an operator.
 """
 
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +30,7 @@ from factory.store.eventlog import append_args, append_keys, terminal_error_args
 from factory.store.executions import Claim
 from factory.store.scripts import APPEND_LUA, CLOCK_FUNCTIONS
 from tests.stack import enqueue_call
-from worker.rqjobs import RQJobs, Take
+from worker.rqjobs import FORMER_TASKS, RQJobs, Take
 
 WORKER = "contract-worker"
 
@@ -161,6 +162,24 @@ def test_an_enqueued_job_has_the_fields_and_call_the_scripts_read(
     take = _take(jobs, "t1")
     assert take.attempt == 1 and take.runnable is not None
     assert take.runnable.request.job_id == job_id and take.runnable.deadlines.backstop_s == 37
+
+
+@pytest.mark.parametrize(("func_name", "runs"), [(FORMER_TASKS[0], True), ("tasks.something_else", False)])
+def test_a_job_queued_under_the_former_task_name_still_runs(
+    client: redis.Redis, settings: Settings, jobs: RQJobs, func_name: str, runs: bool
+) -> None:
+    """A job an older gateway queued (its call named the task's former module) is taken and run; a job
+    calling anything else is not a factory invocation."""
+    job_id = enqueue_call(client, settings, "counter", {"count": 1})
+    data, timeout = client.hmget(keys.rq_job_key(job_id), [fields.RQ_DATA, fields.RQ_TIMEOUT])
+    call = rqview.decode_call(client, job_id, data, timeout)  # type: ignore[arg-type]
+    # RQ's data: its serializer's (function, instance, args, kwargs), compressed, as RQ's Job writes it.
+    renamed = zlib.compress(JSONSerializer.dumps((func_name, None, call.args, {})))  # type: ignore[no-untyped-call]
+    client.hset(keys.rq_job_key(job_id), fields.RQ_DATA, renamed)
+    take = _take(jobs, "t1")
+    assert take.job_id == job_id and (take.runnable is not None) is runs
+    if runs:
+        assert take.runnable is not None and take.runnable.request.job_id == job_id
 
 
 def test_rq_sees_a_started_job_and_its_real_end(client: redis.Redis, settings: Settings, jobs: RQJobs) -> None:
