@@ -156,8 +156,9 @@ def test_an_enqueued_job_has_the_fields_and_call_the_scripts_read(
     assert job.get_status() == JobStatus.QUEUED and job.origin == _queue(client, settings).name
     assert _queue(client, settings).get_job_ids() == [job_id]
     data, timeout = client.hmget(keys.rq_job_key(job_id), [fields.RQ_DATA, fields.RQ_TIMEOUT])
-    call = rqview.decode_call(client, job_id, data, timeout)  # type: ignore[arg-type]
+    call = rqview.decode_call(job_id, data, timeout)  # type: ignore[arg-type]
     assert (call.func_name, call.args[0]["job_id"], call.timeout_s) == (TASK, job_id, 7 + 30)
+    assert (call.func_name, call.args, call.timeout_s) == (job.func_name, list(job.args), float(job.timeout or 0))
 
     take = _take(jobs, "t1")
     assert take.attempt == 1 and take.runnable is not None
@@ -172,7 +173,7 @@ def test_a_job_queued_under_the_former_task_name_still_runs(
     calling anything else is not a factory invocation."""
     job_id = enqueue_call(client, settings, "counter", {"count": 1})
     data, timeout = client.hmget(keys.rq_job_key(job_id), [fields.RQ_DATA, fields.RQ_TIMEOUT])
-    call = rqview.decode_call(client, job_id, data, timeout)  # type: ignore[arg-type]
+    call = rqview.decode_call(job_id, data, timeout)  # type: ignore[arg-type]
     # RQ's data: its serializer's (function, instance, args, kwargs), compressed, as RQ's Job writes it.
     renamed = zlib.compress(JSONSerializer.dumps((func_name, None, call.args, {})))  # type: ignore[no-untyped-call]
     client.hset(keys.rq_job_key(job_id), fields.RQ_DATA, renamed)
@@ -180,6 +181,20 @@ def test_a_job_queued_under_the_former_task_name_still_runs(
     assert take.job_id == job_id and (take.runnable is not None) is runs
     if runs:
         assert take.runnable is not None and take.runnable.request.job_id == job_id
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(fields.RQ_DATA, b"\x00 not a call"), (fields.RQ_TIMEOUT, b"ten minutes")]
+)
+def test_a_job_rq_could_not_read_is_claimed_and_not_run(
+    client: redis.Redis, settings: Settings, jobs: RQJobs, field: str, value: bytes
+) -> None:
+    """A call RQ's decoding cannot read: the take claims the job and hands nothing to run (the
+    worker then ends it with an error), and the worker goes on."""
+    job_id = enqueue_call(client, settings, "counter", {"count": 1})
+    client.hset(keys.rq_job_key(job_id), field, value)
+    take = _take(jobs, "t1")
+    assert (take.job_id, take.attempt, take.runnable) == (job_id, 1, None)
 
 
 def test_rq_sees_a_started_job_and_its_real_end(client: redis.Redis, settings: Settings, jobs: RQJobs) -> None:

@@ -155,7 +155,7 @@ class RQJobs:
             logger.error("RQ has no such job", extra={"job_id": job_id})
             return Take(job_id, attempt, None, in_rq=False)
         try:
-            call = rqview.decode_call(self.client, job_id, bytes(data), None if timeout is None else bytes(timeout))
+            call = rqview.decode_call(job_id, bytes(data), None if timeout is None else bytes(timeout))
             if call.func_name != TASK and call.func_name not in FORMER_TASKS:
                 raise ValueError(f"it calls {call.func_name!r}, not {TASK!r}")
             request = InvocationRequest.model_validate(call.args[0])
