@@ -241,14 +241,14 @@ def _coalesced(batch: list[tuple[bytes, bytes]]) -> list[bytes]:
 
 
 class _Job:
-    def __init__(self, outbox: _Outbox, module: Any, order: dict[str, Any]) -> None:
+    def __init__(self, outbox: _Outbox, module: Any, order: dict[str, Any], environ: dict[str, str]) -> None:
         self.outbox = outbox
         self.module = module
         self.order = order
+        self.environ = environ  # what the environment is between jobs: put back as it was after each
 
     def run(self) -> None:
         order, send = self.order, self.outbox.put
-        saved_env = dict(os.environ)
         os.environ.update(order.get("env", {}))
         os.chdir(order["cwd"])
         try:
@@ -277,7 +277,7 @@ class _Job:
                 send(b"N", f"the return value is not JSON-serialisable: {exc}".encode())
         finally:
             os.environ.clear()
-            os.environ.update(saved_env)
+            os.environ.update(self.environ)
 
 
 def _kind(function: Any) -> str:
@@ -329,6 +329,10 @@ def _restore_handlers(handlers: dict[int, Any]) -> None:
 
 def _serve(conn: Connection, module: Any) -> None:
     handlers = _handlers()
+    # Taken once, as the handlers are: every job ends with the environment put back to it (whatever
+    # the job or a thread it left behind set), and a job's start, on the way to its first value,
+    # copies nothing.
+    environ = dict(os.environ)
     outbox = _Outbox(conn)
     outbox.start()
     while True:
@@ -340,7 +344,7 @@ def _serve(conn: Connection, module: Any) -> None:
             outbox.put(b"C", _dumps(_check(module, order["functions"])))
             continue
         try:
-            _Job(outbox, module, order).run()
+            _Job(outbox, module, order, environ).run()
             _restore_handlers(handlers)
         except MemoryError:
             outbox.put(b"M", b"the job ran out of memory (its limit is the manifest's execution_environment.memory)")
