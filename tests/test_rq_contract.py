@@ -6,7 +6,6 @@ the factory wrote through RQ's own API, so an RQ release that lays anything out 
 here before it misleads an operator.
 """
 
-import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -174,9 +173,7 @@ def test_a_job_queued_under_the_former_task_name_still_runs(
     job_id = enqueue_call(client, settings, "counter", {"count": 1})
     data, timeout = client.hmget(keys.rq_job_key(job_id), [fields.RQ_DATA, fields.RQ_TIMEOUT])
     call = rqview.decode_call(job_id, data, timeout)  # type: ignore[arg-type]
-    # RQ's data: its serializer's (function, instance, args, kwargs), compressed, as RQ's Job writes it.
-    renamed = zlib.compress(JSONSerializer.dumps((func_name, None, call.args, {})))  # type: ignore[no-untyped-call]
-    client.hset(keys.rq_job_key(job_id), fields.RQ_DATA, renamed)
+    client.hset(keys.rq_job_key(job_id), fields.RQ_DATA, rqview.encode_call(func_name, call.args))
     take = _take(jobs, "t1")
     assert take.job_id == job_id and (take.runnable is not None) is runs
     if runs:

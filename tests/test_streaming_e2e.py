@@ -10,7 +10,7 @@ import pytest
 import redis
 import requests
 
-from factory.store import keys
+from factory.store import fields, keys
 from tests.openai_double import REPLY, openai_double
 from tests.stack import Gateway, Stack, invoke, read_events, runner_pids, running, wait_status, wait_until
 
@@ -184,7 +184,7 @@ def test_a_finished_job_keeps_compact_hashes(gateway: Gateway, shared_stack: Sta
     assert wait_status(gateway.url, job_id, {"finished", "failed"})["status"] == "finished"
     client = redis.Redis.from_url(shared_stack.redis_url)
     rq_hash = keys.rq_job_key(job_id)
-    wait_until(lambda: client.hget(rq_hash, "status") == b"finished", timeout_s=30)  # its end comes just after
+    wait_until(lambda: client.hget(rq_hash, fields.RQ_STATUS) == b"finished", timeout_s=30)  # its end comes just after
     for key in (rq_hash, keys.job_key(job_id)):
         assert client.object("encoding", key) in (b"ziplist", b"listpack"), key
     assert int(client.memory_usage(rq_hash, samples=0) or 0) < 1200

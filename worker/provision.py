@@ -274,13 +274,13 @@ def _check_reachable(settings: Settings, python: str) -> None:
         Path(python): "FACTORY_PREFAB_PYTHON",
         RUNNER_PATH: "the factory's installation",
     }
-    for path, setting in needed.items():
+    for path, what in needed.items():
         closed = _closed_folder(path)
         if closed is not None:
             mode = stat.S_IMODE(closed.stat().st_mode)
             raise ProvisionError(
                 f"prefab runners run as users of their own and cannot reach {path}: {closed} is mode {mode:04o}, "
-                f"closed to other users. Let them through it (chmod o+x {closed}), move {setting} elsewhere, "
+                f"closed to other users. Let them through it (chmod o+x {closed}), place {what} elsewhere, "
                 "or install bubblewrap (their own mount view needs none of this)"
             )
 

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # The name factory jobs called before the task moved into the core (``factory.rqtask``): a job an
 # older gateway queued runs on a newer worker, so an upgrade with calls in the queues loses none.
 FORMER_TASKS = ("worker.tasks.run_invocation",)
+RUNNABLE_TASKS = frozenset({TASK, *FORMER_TASKS})
 
 STOP_MARK_TTL_S = 60  # longer than any doorbell wait: a stopping worker's mark outlasts the take behind it
 
@@ -156,7 +157,7 @@ class RQJobs:
             return Take(job_id, attempt, None, in_rq=False)
         try:
             call = rqview.decode_call(job_id, bytes(data), None if timeout is None else bytes(timeout))
-            if call.func_name != TASK and call.func_name not in FORMER_TASKS:
+            if call.func_name not in RUNNABLE_TASKS:
                 raise ValueError(f"it calls {call.func_name!r}, not {TASK!r}")
             request = InvocationRequest.model_validate(call.args[0])
         except (rqview.RQJobUnreadable, ValidationError, ValueError, IndexError, TypeError) as exc:

@@ -88,9 +88,8 @@ def job_writes(
     cost more than the rest of an enqueue.
     """
     writes = _rq_writes(client, queue_name, func, timeout_s, ttl_s, description)
-    call = zlib.compress(JSONSerializer.dumps((func, None, args, {})))  # type: ignore[no-untyped-call]
     stamp = rq_time()
-    own = {fields.RQ_DATA: call, fields.RQ_CREATED_AT: stamp, fields.RQ_ENQUEUED_AT: stamp}
+    own = {fields.RQ_DATA: encode_call(func, args), fields.RQ_CREATED_AT: stamp, fields.RQ_ENQUEUED_AT: stamp}
     commands = [list(command) for command in writes.commands]
     job_key = keys.rq_job_key(job_id)
     for command, at, is_key in writes.ids:
@@ -160,6 +159,12 @@ def _queue(client: redis.Redis, name: str) -> Queue:
 def queue_length(client: redis.Redis, queue_name: str) -> int:
     """How many jobs wait on the queue."""
     return int(client.llen(keys.rq_queue_key(queue_name)))
+
+
+def encode_call(func: str, args: list[Any]) -> bytes:
+    """RQ's hash field ``data`` of a job calling ``func(*args)``, as RQ's ``Job`` writes it: its
+    serializer's (function, instance, args, kwargs), compressed (:func:`decode_call` reads it)."""
+    return zlib.compress(JSONSerializer.dumps((func, None, args, {})))  # type: ignore[no-untyped-call]
 
 
 def decode_call(job_id: str, data: bytes, timeout: bytes | None) -> RQCall:
